@@ -1,0 +1,199 @@
+"""CLIP's vision transformer (Radford et al. 2021; Dosovitskiy et al. 2020) and its preprocessing.
+
+GPT4Video (arXiv 2311.16511, §3.1) encodes each of the T sampled frames with a frozen CLIP ViT-L/14:
+a 224×224 frame is cut into 16×16 patches of 14×14 pixels, each patch becomes a 1024-d token, a
+learned [CLS] token is prepended and learned position embeddings are added, and 24 pre-norm
+transformer blocks mix the 257 tokens. The per-frame output (257, 1024) is the input F_v of the
+video abstractor (Eq. 1–4 in `abstractor.py`).
+
+    x_0 = LN_pre([cls; E·patches] + pos)                      (N, 1+P, D)
+    x'  = x + Attn(LN_1 x)         Attn = softmax(q kᵀ/√d_h) v, per head       (Eq. 1 of Vaswani et al.)
+    x'' = x' + W_2 act(W_1 LN_2 x')   act = quick-GELU: z·σ(1.702 z)
+
+Parameter shapes equal Hugging Face's `CLIPVisionModel`, so the official checkpoint loads through a
+one-to-one key table (`weights.load_vision`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import VisionConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's sigmoid approximation of GELU, x·σ(1.702x); the OpenAI weights were trained with it."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "quick_gelu": quick_gelu,
+    "gelu": F.gelu,                                            # exact (erf) GELU, e.g. LAION's CLIPs
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all 1+P tokens of one frame (no mask: every token sees all)."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"VisionConfig: dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        # x: (N, L, D) with L = 1+P tokens; heads split D into n_heads × d_h
+        q, k, v = (rearrange(proj(x), "n l (h d) -> n h l d", h=self.n_heads)   # (N, H, L, d_h)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if return_weights:
+            # The same computation written out, to expose softmax(q kᵀ / √d_h) for visualisation.
+            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5                # (N, H, L, L)
+            weights = scores.softmax(dim=-1)                                       # (N, H, L, L)
+            out = weights @ v                                                      # (N, H, L, d_h)
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v)                         # (N, H, L, d_h)
+        out = self.out_proj(rearrange(out, "n h l d -> n l (h d)"))                # (N, L, D)
+        return (out, weights) if return_weights else out
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: fc2(act(fc1 x)), D → mlp_dim → D."""
+
+    def __init__(self, dim: int, mlp_dim: int, act: str):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"VisionConfig: unknown act {act!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, dim)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))    # (N, L, D) -> (N, L, mlp_dim) -> (N, L, D)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: the residual stream is never normalised, only the branch inputs."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.n_heads)
+        self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        if return_weights:
+            a, weights = self.attn(self.ln_1(x), return_weights=True)
+        else:
+            a, weights = self.attn(self.ln_1(x)), None
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return (x, weights) if return_weights else x
+
+
+class VisionTransformer(nn.Module):
+    """CLIP's ViT: frames (N, 3, S, S) → token features (N, 1+P, D); (N, 257, 1024) for ViT-L/14.
+
+    With `cfg.post_layernorm_all_tokens` off, the output is Hugging Face's `last_hidden_state`: the
+    final LayerNorm `ln_post` is *not* applied (HF applies it only to the pooled [CLS] token, for the
+    contrastive head). With it on, `ln_post` is applied to every token, as mPLUG-Owl's ViT in the
+    official GPT4Video code does before the abstractor (REFERENCE.md §4).
+    """
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"VisionConfig: image_size {cfg.image_size} is not a multiple of "
+                             f"patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        D = cfg.dim
+        # A conv with kernel = stride = p is the paper's "linear projection of flattened patches" E.
+        self.patch_embed = nn.Conv2d(cfg.in_channels, D, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_token = nn.Parameter(torch.randn(D) * D ** -0.5)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.num_tokens, D) * 0.02)
+        self.ln_pre = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_post = nn.LayerNorm(D, eps=cfg.norm_eps)
+
+    def forward(self, pixels: torch.Tensor, return_attention_layer: int | None = None):
+        """pixels (N, 3, S, S), normalised by `preprocess` → last hidden state (N, 1+P, D).
+
+        With `return_attention_layer=k`, also returns block k's attention weights (N, H, 1+P, 1+P),
+        computed explicitly (the default path uses fused `F.scaled_dot_product_attention`).
+        """
+        cfg = self.cfg
+        n = len(self.blocks)
+        if return_attention_layer is not None:
+            if not -n <= return_attention_layer < n:
+                raise ValueError(f"return_attention_layer={return_attention_layer}: the model has "
+                                 f"layers 0..{n - 1}")
+            return_attention_layer %= n
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"VisionTransformer: expected pixels (N, {cfg.in_channels}, {cfg.image_size}, "
+                             f"{cfg.image_size}), got {tuple(pixels.shape)}")
+        pixels = pixels.to(self.patch_embed.weight.dtype)
+        x = self.patch_embed(pixels)                                   # (N, D, S/p, S/p)
+        x = rearrange(x, "n d gh gw -> n (gh gw) d")                   # (N, P, D), row-major patches
+        cls = self.class_token.expand(x.shape[0], 1, -1)               # (N, 1, D)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed                # (N, 1+P, D)
+        x = self.ln_pre(x)
+        weights = None
+        for i, block in enumerate(self.blocks):
+            if i == return_attention_layer:
+                x, weights = block(x, return_weights=True)             # weights (N, H, 1+P, 1+P)
+            else:
+                x = block(x)
+        if cfg.post_layernorm_all_tokens:
+            x = self.ln_post(x)
+        return x if return_attention_layer is None else (x, weights)
+
+
+def preprocess(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) → CLIP input (T, 3, size, size), float32, normalised.
+
+    The steps of CLIP's image processor: resize the shorter side to `size` (the longer one to
+    int(size·long/short)) with antialiased bicubic, centre-crop size×size, scale to [0, 1], subtract
+    the mean and divide by the std of CLIP's training images.
+
+    The reference (`transformers.CLIPImageProcessor`, PIL backend) resizes with Pillow, which works in
+    uint8 in two passes — horizontal, then vertical — rounding and clipping to 0..255 after each. We do
+    the same passes with `F.interpolate(..., antialias=True)` (whose bicubic kernel, a = −0.5, and
+    support scaling are Pillow's) in float, rounding and clamping after each pass. What remains is
+    Pillow's fixed-point weight rounding: ≤ 1/255 on a few pixels in a thousand.
+    Runs on the frames' device when they are a torch tensor.
+    """
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim != 4 \
+            or frames.shape[-1] != 3 or 0 in frames.shape:
+        got = (f"{frames.dtype} {tuple(frames.shape)}" if hasattr(frames, "shape") else type(frames).__name__)
+        raise ValueError(f"preprocess: expected uint8 frames (T, H, W, 3), got {got}")
+    T, H, W, _ = frames.shape
+    short, long = min(H, W), max(H, W)
+    new_long = int(size * long / short)                            # HF's rule (truncates)
+    new_h, new_w = (size, new_long) if H <= W else (new_long, size)
+    x = rearrange(frames, "t h w c -> t c h w").float()            # (T, 3, H, W), values 0..255
+    if new_w != W:
+        x = F.interpolate(x, size=(H, new_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)                              # (T, 3, H, new_w)
+    if new_h != H:
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)                              # (T, 3, new_h, new_w)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    x = x[:, :, top:top + size, left:left + size]                 # (T, 3, size, size)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x / 255.0 - mean) / std).contiguous()                 # (T, 3, size, size)
