@@ -1,0 +1,183 @@
+"""The video abstractor (paper §3.2, Eq. 1–4) and the projection into the LLM's embedding space.
+
+The frozen ViT turns T frames into T·(1+P) tokens (4·257 = 1028 at `7b`): far too many to hand to the
+LLM. The abstractor squeezes them into N learned *query* tokens with cross-attention (Eq. 1):
+
+    Attn(Q, K, V) = softmax(Q Kᵀ / √d) V                                                     (1)
+    F_s = CrossAttn^L(Q_s, [F_v; Q_s])    spatial stream, N_s × D                             (2)
+    F_t = CrossAttn^L(Q_t, [F_v; Q_t])    temporal stream, N_t × D                            (3)
+    F̂_v = F_s + F_t                       (N_s = N_t = N)                                     (4)
+    F_video = W F̂_v + b                   projection into the LLM, N × d_llm
+
+Each of the L layers is mPLUG-Owl's abstractor layer (the paper builds on mPLUG-Owl and is silent on the
+layer; REFERENCE.md §4): the queries are normed (norm1), the frame tokens are normed (normk), the keys
+and values are computed from the concatenation of both (mPLUG-Owl puts the queries first; attention is
+a weighted sum over a *set*, so this equals the paper's [F_v; Q] order), the residual starts from the
+*normed* queries, and the MLP is SwiGLU with a LayerNorm inside: w2(ffn_ln(silu(w1 x) ⊙ w3 x)).
+
+How the two streams see the frame structure (our choice; the paper does not say):
+  * the **temporal** stream adds a learned per-frame embedding E_t[t] to every token of frame t, so it
+    can tell frames apart and order them (what moved where, and in which direction);
+  * the **spatial** stream sees the frame tokens as they come out of the ViT. They already carry
+    *where in the frame* they are (CLIP added its per-patch position embedding at the input and the
+    residual stream keeps it), but nothing says *which frame* they are from: the spatial stream is a
+    function of the set of tokens, i.e. exactly invariant to reordering the frames. It can only pool
+    what is in the video, not when — the split of labour the paper's names suggest. (An extra per-patch
+    embedding would be redundant with CLIP's and would tie the abstractor to one ViT resolution.)
+  Queries and E_t are initialised N(0, 0.02²) — random, not mPLUG-Owl's zeros, because we train from
+  scratch and identical queries would stay identical.
+
+`variant="official"` is what the official GPT4Video code runs (mPLUG-Owl's video abstractor): the
+2N queries [Q_s; Q_t] go through *one* stack jointly (so they also attend to each other), with no
+frame embedding at all; the first N outputs get their own projection, the last N another, the two are
+summed, and a learned end-of-video embedding is appended: N + 1 tokens (65 at `7b`). In mPLUG-Owl the
+frame order reaches the abstractor through the video ViT's temporal convolutions; with our per-frame
+CLIP ViT the official form cannot tell frame order at all. The paper's form is the default because it
+is what the paper describes (Eq. 2–4: two separate streams, one sum, one projection) and because its
+temporal stream is the one that knows frame order.
+
+If the ViT width differs from D, one linear map (`frame_proj`) brings the frame tokens to D first;
+at the paper's sizes (1024 = 1024) it is the identity, and the layer is mPLUG-Owl's exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .config import AbstractorConfig
+
+# norm1 / normk / norm2 are plain nn.LayerNorm in mPLUG-Owl (eps 1e-5); only ffn_ln uses cfg.norm_eps (1e-6)
+QK_NORM_EPS = 1e-5
+
+
+class SwiGLU(nn.Module):
+    """mPLUG-Owl's abstractor MLP: w2(ffn_ln(silu(w1 x) ⊙ w3 x)), all linears with bias."""
+
+    def __init__(self, dim: int, hidden: int, eps: float):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.w3 = nn.Linear(dim, hidden)
+        self.ffn_ln = nn.LayerNorm(hidden, eps=eps)
+        self.w2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.ffn_ln(F.silu(self.w1(x)) * self.w3(x)))  # (B, N, hidden) -> (B, N, D)
+
+
+class CrossAttentionLayer(nn.Module):
+    """One abstractor layer: the queries attend over [normed queries; normed frame tokens] (Eq. 1–3)."""
+
+    def __init__(self, cfg: AbstractorConfig):
+        super().__init__()
+        d = cfg.dim
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.LayerNorm(d, eps=QK_NORM_EPS)   # on the queries
+        self.normk = nn.LayerNorm(d, eps=QK_NORM_EPS)   # on the frame tokens
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.attn_dropout = nn.Dropout(cfg.attn_dropout)
+        self.out_proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=QK_NORM_EPS)
+        self.mlp = SwiGLU(d, cfg.mlp_dim, cfg.norm_eps)
+
+    def forward(self, queries: torch.Tensor, frames: torch.Tensor):
+        """queries (B, N, D), frames (B, M = T·(1+P), D) -> (queries (B, N, D), attention (B, H, N, N+M))."""
+        q = self.norm1(queries)                                          # (B, N, D)
+        kv = torch.cat([q, self.normk(frames)], dim=1)                   # (B, N+M, D): [Q; F_v]
+        split = lambda x: rearrange(x, "b n (h d) -> b h n d", h=self.n_heads)
+        Q, K, V = split(self.query(q)), split(self.key(kv)), split(self.value(kv))  # (B, H, N|N+M, d_h)
+        attn = (Q @ K.transpose(-2, -1) * Q.shape[-1] ** -0.5).softmax(-1)          # (B, H, N, N+M)  Eq. 1
+        out = rearrange(self.attn_dropout(attn) @ V, "b h n d -> b n (h d)")        # (B, N, D)
+        x = q + self.out_proj(out)                                       # residual from the *normed* queries
+        x = x + self.mlp(self.norm2(x))                                  # (B, N, D)
+        return x, attn
+
+
+class QueryStream(nn.Module):
+    """N learned queries refined by L cross-attention layers over the frame tokens: Eq. 2 (or 3)."""
+
+    def __init__(self, cfg: AbstractorConfig, num_queries: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, cfg.dim) * 0.02)  # Q: (N, D)
+        self.layers = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, frames: torch.Tensor, attentions: list | None = None) -> torch.Tensor:
+        """frames (B, M, D) -> (B, N, D); appends each layer's attention map to `attentions` if given."""
+        x = self.queries.expand(frames.shape[0], -1, -1)                # (B, N, D)
+        for layer in self.layers:
+            x, attn = layer(x, frames)                                   # (B, N, D), (B, H, N, N+M)
+            if attentions is not None:
+                attentions.append(attn)
+        return x
+
+
+class VideoAbstractor(nn.Module):
+    """Frame features (B, T, 1+P, vision_dim) -> video tokens for the LLM (B, N, llm_dim); see module doc."""
+
+    def __init__(self, cfg: AbstractorConfig, vision_dim: int, llm_dim: int, num_frames: int):
+        super().__init__()
+        if cfg.variant not in ("paper", "official"):
+            raise ValueError(f"abstractor.py: variant must be 'paper' or 'official', got {cfg.variant!r}")
+        if cfg.dim % cfg.n_heads:
+            raise ValueError(f"abstractor.py: dim {cfg.dim} is not a multiple of n_heads {cfg.n_heads}")
+        self.cfg, self.vision_dim, self.num_frames = cfg, vision_dim, num_frames
+        n = cfg.num_queries
+        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
+        if cfg.variant == "paper":
+            self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
+            self.spatial = QueryStream(cfg, n)                           # Eq. 2: Q_s
+            self.temporal = QueryStream(cfg, n)                          # Eq. 3: Q_t
+            self.proj = nn.Linear(cfg.dim, llm_dim)                      # W, b
+        else:
+            self.joint = QueryStream(cfg, 2 * n)                         # [Q_s; Q_t] run together
+            self.proj = nn.Linear(cfg.dim, llm_dim)                      # mPLUG-Owl `visual_fc`
+            self.temporal_proj = nn.Linear(cfg.dim, llm_dim)             # mPLUG-Owl `temporal_visual_fc`
+            self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)      # mPLUG-Owl `vit_eos`
+
+    @property
+    def num_output_tokens(self) -> int:
+        """How many LLM embeddings one video becomes: N (paper) or N + 1 (official, with end-of-video)."""
+        return self.cfg.num_queries + (self.cfg.variant == "official")
+
+    def _check(self, frame_features: torch.Tensor) -> None:
+        shape = tuple(frame_features.shape)
+        if frame_features.dim() != 4 or shape[-1] != self.vision_dim:
+            raise ValueError(f"abstractor.py: expected frame features (B, T, 1+P, {self.vision_dim}), "
+                             f"got shape {shape}")
+        if self.cfg.variant == "paper" and shape[1] != self.num_frames:
+            raise ValueError(f"abstractor.py: got {shape[1]} frames per video, but the temporal embedding "
+                             f"was built for num_frames={self.num_frames}")
+
+    def streams(self, frame_features: torch.Tensor, attentions: dict | None = None):
+        """The two query streams before the sum and projection: (F_s, F_t), each (B, N, D).
+
+        For the official variant these are the first and last N outputs of the joint stack.
+        """
+        self._check(frame_features)
+        f = self.frame_proj(frame_features)                             # (B, T, 1+P, D)
+        collect = lambda name: None if attentions is None else attentions.setdefault(name, [])
+        if self.cfg.variant == "official":
+            x = self.joint(rearrange(f, "b t p d -> b (t p) d"), collect("joint"))  # (B, 2N, D)
+            return x[:, :self.cfg.num_queries], x[:, self.cfg.num_queries:]   # (B, N, D) ×2
+        f_s = rearrange(f, "b t p d -> b (t p) d")                       # (B, T·(1+P), D): no frame identity
+        f_t = rearrange(f + self.temporal_embed[:, None], "b t p d -> b (t p) d")  # + E_t[t] on frame t
+        F_s = self.spatial(f_s, collect("spatial"))                      # (B, N, D)  Eq. 2
+        F_t = self.temporal(f_t, collect("temporal"))                    # (B, N, D)  Eq. 3
+        return F_s, F_t
+
+    def forward(self, frame_features: torch.Tensor, return_attention: bool = False):
+        """frame_features (B, T, 1+P, vision_dim) -> video tokens (B, N, llm_dim); (B, N+1, llm_dim) official.
+
+        With `return_attention=True` also returns {stream: [per-layer (B, H, N, N + T·(1+P))]}; the key
+        axis holds the N queries first, then the frame tokens frame by frame.
+        """
+        maps: dict = {}
+        F_s, F_t = self.streams(frame_features, maps if return_attention else None)
+        if self.cfg.variant == "paper":
+            video = self.proj(F_s + F_t)                                 # Eq. 4, W F̂_v + b: (B, N, d_llm)
+        else:
+            video = self.proj(F_s) + self.temporal_proj(F_t)            # (B, N, d_llm)
+            eos = self.eos.expand(video.shape[0], -1, -1).to(video.dtype)
+            video = torch.cat([video, eos], dim=1)                       # (B, N+1, d_llm)
+        return (video, maps) if return_attention else video
