@@ -1,4 +1,4 @@
-"""Conversations → token ids and Eq. 5 labels; the data set readers; batching.
+"""Conversations → token ids and Eq. 5 labels; batching (the data set readers are in ``readers.py``).
 
 **The prompt template** (paper §3.3; system text from the official code). A conversation
 ``{"videos": [path, ...], "turns": [...]}`` is rendered as::
@@ -39,13 +39,12 @@ the video generator that stage 2 teaches.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -271,186 +270,6 @@ class SkipCounter:
         if not self.total:
             return "skipped 0 records"
         return f"skipped {self.total} records: " + ", ".join(f"{n} {r}" for r, n in self.counts.most_common())
-
-
-def _json_records(path: Path) -> Iterator[tuple[int, object]]:
-    """Yield (line number, record) from a JSON list file or a JSONL file; a bad JSONL line yields a
-    DataError in place of its record. A JSON list that does not parse is one error for the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    if text.lstrip().startswith("["):
-        decoder, space = json.JSONDecoder(), re.compile(r"\s*")
-        i = space.match(text, text.index("[") + 1).end()
-        line, counted = 1, 0                                  # line number of offset `counted`
-        while i < len(text) and text[i] != "]":
-            try:
-                record, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})", "invalid JSON") from None
-            line, counted = line + text.count("\n", counted, i), i
-            yield line, record
-            i = space.match(text, end).end()
-            if i < len(text) and text[i] == ",":
-                i = space.match(text, i + 1).end()
-            elif i >= len(text) or text[i] != "]":
-                line += text.count("\n", counted, i)
-                raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']')", "invalid JSON")
-        return
-    for line, row in enumerate(text.split("\n"), 1):     # not splitlines(): JSON strings may hold U+2028
-        if row.strip():
-            try:
-                yield line, json.loads(row)
-            except json.JSONDecodeError as e:
-                yield line, DataError(f"invalid JSON ({e.msg})", "invalid JSON")
-
-
-def _read(path, parse: Callable[[object], dict], strict: bool, skips: SkipCounter | None) -> Iterator[dict]:
-    """Parse every record; a bad one is counted in `skips` (or raised as "file:line: problem")."""
-    path, skips = Path(path), skips if skips is not None else SkipCounter()
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    for line, obj in _json_records(path):
-        where = f"{path}:{line}"
-        try:
-            if isinstance(obj, DataError):
-                raise obj
-            record = parse(obj)
-            check_conversation(record)
-        except DataError as e:
-            if strict:
-                raise DataError(f"{where}: {e}", e.reason) from None
-            skips.skip(where, e)
-            continue
-        record["source"] = where
-        yield record
-
-
-_ROLES = {"human": "human", "user": "human", "ai": "ai", "gpt": "ai", "assistant": "ai"}
-
-
-def _turns(conversations) -> list[dict]:
-    """[{"from": "human"|"user"|"gpt"|"ai"|"assistant", "value": str}, ...] → our text turns."""
-    if not isinstance(conversations, list) or not conversations:
-        raise DataError("'conversations' must be a non-empty list", "no turns")
-    turns = []
-    for i, turn in enumerate(conversations):
-        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
-        if role is None:
-            raise DataError(f"turn {i}: unknown speaker {str(turn)[:60]}", "bad turn")
-        if not isinstance(turn.get("value"), str) or not turn["value"].strip():
-            raise DataError(f"turn {i}: empty or missing text", "empty turn")
-        if role == "ai":
-            _check_video_tags(turn["value"], i)
-        turns.append({"from": role, "value": turn["value"]})
-    if not any(t["from"] == "ai" for t in turns):
-        raise DataError("no AI turn", "no AI turn")
-    return turns
-
-
-def _check_video_tags(text: str, i: int) -> None:
-    """An AI turn's <video> / <videoK> captions must be closed, not nested, and not empty."""
-    open_tag = None
-    for m in _VIDEO_TAG.finditer(text):
-        closing, name = m.group(1) == "/", m.group(2).lower()
-        if not closing and open_tag is None:
-            open_tag = (name, m.end())
-        elif closing and open_tag is not None and open_tag[0] == name and text[open_tag[1]:m.start()].strip():
-            open_tag = None
-        else:
-            raise DataError(f"turn {i}: bad video caption near {text[max(0, m.start() - 20):m.end()]!r}",
-                            "bad video tags")
-    if open_tag is not None:
-        raise DataError(f"turn {i}: <{open_tag[0]}> is never closed", "bad video tags")
-
-
-def _video_paths(value, root: Path, check: bool) -> list[str]:
-    """A record's video path(s), resolved against `root`; a missing file is a DataError."""
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise DataError(f"'video' must be a path or a list of paths, not {str(value)[:60]}", "bad video field")
-    paths = [root / v for v in values]
-    for p in paths:
-        if check and not p.is_file():
-            raise DataError(f"video file not found: {p}", "video file not found")
-    return [str(p) for p in paths]
-
-
-def read_videochat(path, *, video_root=None, check_videos: bool = True, strict: bool = False,
-                   skips: SkipCounter | None = None) -> Iterator[dict]:
-    """Stage 1, VideoChat-11k: a JSON list of {"video": path, "QA": [{"i"?, "q", "a"}, ...]}.
-
-    Each record becomes a video turn then, per QA, a human turn ("i" and "q" joined by a space) and an
-    AI turn ("a"). Video paths are resolved against `video_root` (default: the JSON file's folder).
-    """
-    root = Path(video_root) if video_root is not None else Path(path).parent
-
-    def parse(obj) -> dict:
-        if not isinstance(obj, dict) or "video" not in obj or not isinstance(obj.get("QA"), list) or not obj["QA"]:
-            raise DataError("expected {\"video\": path, \"QA\": [...]} with a non-empty QA list", "bad record")
-        turns: list[dict] = [{"from": "human", "video": 0}]
-        for j, qa in enumerate(obj["QA"]):
-            if not isinstance(qa, dict) or not all(isinstance(qa.get(f, ""), str) for f in "iqa"):
-                raise DataError(f"QA[{j}] is not {{\"i\", \"q\", \"a\"}} strings", "bad record")
-            question = " ".join(s for s in (qa.get("i", "").strip(), qa.get("q", "").strip()) if s)
-            if not question or not qa.get("a", "").strip():
-                raise DataError(f"QA[{j}] has an empty question or answer", "empty turn")
-            turns += [{"from": "human", "value": question}, {"from": "ai", "value": qa["a"]}]
-        return {"videos": _video_paths(obj["video"], root, check_videos), "turns": turns}
-
-    return _read(path, parse, strict, skips)
-
-
-def read_dialogues(path, *, strict: bool = False, skips: SkipCounter | None = None) -> Iterator[dict]:
-    """Stage 2, GPT4Video-50k style, text only: a JSON list or JSONL of
-    {"id"?: str, "conversations": [{"from": "human"|"user"|"gpt"|"ai"|"assistant", "value": str}, ...]}.
-
-    AI turns show videos by writing "<video> caption </video>" (or "<video1> … </video1>", ... with
-    several); tags must be closed and captions non-empty. At least one AI turn.
-    """
-    def parse(obj) -> dict:
-        if not isinstance(obj, dict):
-            raise DataError("expected {\"conversations\": [...]}", "bad record")
-        record = {"videos": [], "turns": _turns(obj.get("conversations"))}
-        if "id" in obj:
-            record["id"] = obj["id"]
-        return record
-
-    return _read(path, parse, strict, skips)
-
-
-def read_safety(path, *, strict: bool = False, skips: SkipCounter | None = None) -> Iterator[dict]:
-    """Safety dialogues: the shape of `read_dialogues` plus "label": "refuse" (the AI turns are polite
-    refusals) or "benign" (a near-topic request answered helpfully: it measures over-refusal)."""
-    def parse(obj) -> dict:
-        if not isinstance(obj, dict) or obj.get("label") not in ("refuse", "benign"):
-            raise DataError("'label' must be \"refuse\" or \"benign\"", "bad label")
-        record = {"videos": [], "turns": _turns(obj.get("conversations")), "label": obj["label"]}
-        if "id" in obj:
-            record["id"] = obj["id"]
-        return record
-
-    return _read(path, parse, strict, skips)
-
-
-def read_jsonl(path, *, video_root=None, check_videos: bool = True, strict: bool = False,
-               skips: SkipCounter | None = None) -> Iterator[dict]:
-    """Generic JSONL (or JSON list): {"video"?: path | [paths], "conversations": [...]}, speakers as in
-    `read_dialogues`. The video(s) come first, one video turn each, as in the paper's template."""
-    root = Path(video_root) if video_root is not None else Path(path).parent
-
-    def parse(obj) -> dict:
-        if not isinstance(obj, dict):
-            raise DataError("expected {\"video\"?, \"conversations\": [...]}", "bad record")
-        turns = _turns(obj.get("conversations"))
-        videos = _video_paths(obj["video"], root, check_videos) if obj.get("video") is not None else []
-        record = {"videos": videos, "turns": [{"from": "human", "video": k} for k in range(len(videos))] + turns}
-        if "id" in obj:
-            record["id"] = obj["id"]
-        return record
-
-    return _read(path, parse, strict, skips)
 
 
 # --- batches --------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from conftest import shared_asset
 from nanog4v.config import preset
 from nanog4v.data import (AI, IGNORE, SYSTEM, ConversationDataset, DataError, SkipCounter,
                           clean_reply, collate, encode_conversation, escape, num_video_tokens,
-                          prompt_for_reply, read_dialogues, read_jsonl, read_safety, read_videochat,
-                          render, save_features)
+                          prompt_for_reply, render, save_features)
+from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.video import write_video
 
