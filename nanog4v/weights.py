@@ -11,6 +11,10 @@ So a 7B checkpoint is never held twice, and a bad file never yields a half-initi
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -102,11 +106,30 @@ def read_config(path: str | Path) -> dict | None:
 
 # --- 2. check, then stream --------------------------------------------------------------------------
 
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
 def _read_tensors(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) for `keys` of one safetensors file, one tensor in memory at a time."""
-    with safe_open(str(file), framework="pt") as f:
+    """Yield (key, tensor) for `keys` of one safetensors file, one tensor in memory at a time: plain
+    `seek` + `readinto` at the header's offsets into a fresh buffer per tensor. (`safe_open` mmaps the
+    whole file: its tensors are views of a mapping that stays alive, and once touched resident, while
+    any one of them lives; older versions copied out of it, counting pages twice.)"""
+    header = _header(file)
+    with open(file, "rb", buffering=0) as f:
+        data_start = 8 + int.from_bytes(f.read(8), "little")
         for key in keys:
-            yield key, f.get_tensor(key)
+            info = header[key]
+            begin, end = info["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)                # the tensor's bytes
+            view, done = memoryview(raw.numpy()), 0
+            f.seek(data_start + begin)
+            while done < len(view):                                          # reads stop at ~2 GiB
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(f"{file}: truncated while reading {key}")
+                done += n
+            yield key, raw.view(ST_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
 def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str], str | None],
@@ -212,3 +235,186 @@ def _assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 # --- 3. the official layouts ------------------------------------------------------------------------
 # (CLIP vision: `load_vision`; LLaMA: `load_llama` / `save_llama` — each with its key table.)
+
+# CLIP's vision tower (REFERENCE.md §1). Keys are read after the `vision_model.` prefix, which full
+# CLIPModel files and transformers-4.x vision-only files carry and 5.x vision-only files do not.
+CLIP_VISION_KEYS = {                                       # official -> ours (nanog4v/vision.py)
+    "embeddings.class_embedding": "class_token",
+    "embeddings.patch_embedding.weight": "patch_embed.weight",
+    "embeddings.position_embedding.weight": "pos_embed",
+    "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",   # (sic) "layrnorm"
+    "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias",
+}
+CLIP_VISION_LAYER_KEYS = {                 # `encoder.layers.{i}.X.{weight,bias}` -> `blocks.{i}.Y.…`
+    "layer_norm1": "ln_1", "self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
+    "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
+    "layer_norm2": "ln_2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+CLIP_NOT_VISION = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
+# transformers' CLIPVisionConfig defaults, for fields a config.json saved "as a diff" leaves out
+CLIP_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                            num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
+                            layer_norm_eps=1e-5, hidden_act="quick_gelu")
+
+
+def rename_clip_vision(key: str) -> str | None:
+    """Official CLIP key -> our VisionTransformer name; None for the text tower and projections."""
+    if key.startswith(CLIP_NOT_VISION) or key.endswith("position_ids"):
+        return None
+    name = key.removeprefix("vision_model.")
+    if name.startswith("encoder.layers."):
+        i, _, rest = name.removeprefix("encoder.layers.").partition(".")
+        module, _, leaf = rest.rpartition(".")                 # leaf: weight | bias
+        ours = CLIP_VISION_LAYER_KEYS.get(module)
+        return f"blocks.{i}.{ours}.{leaf}" if ours and i.isdigit() else key
+    return CLIP_VISION_KEYS.get(name, key)     # an unknown key comes back as is: "unexpected"
+
+
+def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None) -> nn.Module:
+    """CLIP's vision tower from a CLIPModel or CLIPVisionModel checkpoint (a directory or a
+    .safetensors file) as a `VisionTransformer` in eval mode. Sizes come from `config.json` (its
+    `vision_config` for a full CLIP model) unless a `VisionConfig` is passed as `cfg`."""
+    from .config import VisionConfig
+    from .vision import VisionTransformer
+    if cfg is None:
+        hf = read_config(path)
+        if hf is None:
+            raise CheckpointError(f"{path}: no config.json beside the weights (or pass cfg=VisionConfig(...))")
+        hf = {**CLIP_VISION_DEFAULTS, **hf.get("vision_config", hf)}
+        cfg = VisionConfig(image_size=hf["image_size"], patch_size=hf["patch_size"], dim=hf["hidden_size"],
+                           n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+                           mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"],
+                           act=hf["hidden_act"], in_channels=hf["num_channels"])
+    try:
+        with torch.device("meta"):
+            model = VisionTransformer(cfg)
+    except ValueError as e:                                    # e.g. an unknown hidden_act
+        raise CheckpointError(f"{path}: {e}") from None
+    return load_checkpoint(model, path, rename_clip_vision, dtype)
+
+
+# LLaMA (REFERENCE.md §2): our names are HF's minus "model."; `lm_head.weight` has no prefix either.
+
+def llama_config_from_hf(hf: dict, where: str | Path = "config.json"):
+    """`LlamaConfig` from a HF LLaMA config.json: 4.x (`rope_theta`) or 5.x (`rope_parameters`)."""
+    from .config import LlamaConfig
+    first = lambda v, default: default if v is None else v[0] if isinstance(v, list) else v  # LLaMA-3: eos list
+    rope = hf.get("rope_parameters") or {}
+    wanted = dict(model_type="llama", hidden_act="silu", attention_bias=False, mlp_bias=False)
+    bad = [f"{k}={hf[k]!r} (need {v!r})" for k, v in wanted.items() if hf.get(k, v) != v]
+    for r in (rope, hf.get("rope_scaling") or {}):             # 5.x: rope_parameters; 4.x: rope_scaling
+        if r.get("rope_type", r.get("type", "default")) != "default":
+            bad.append(f"rope_type={r.get('rope_type', r.get('type'))!r} (only 'default' RoPE is implemented)")
+    try:
+        dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim") not in (None, dim // n_heads):   # our head_dim is dim / n_heads
+            bad.append(f"head_dim={hf['head_dim']} (need {dim // n_heads})")
+        if bad:
+            raise CheckpointError(f"{where}: unsupported LLaMA config: {'; '.join(bad)}")
+        return LlamaConfig(
+            dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
+            vocab_size=hf["vocab_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            bos_id=first(hf.get("bos_token_id"), 1), eos_id=first(hf.get("eos_token_id"), 2))
+    except KeyError as e:
+        raise CheckpointError(f"{where}: config.json has no {e}") from None
+
+
+def llama_config_to_hf(cfg, dtype: torch.dtype) -> dict:
+    """The config.json of `LlamaForCausalLM` for `cfg`, readable by transformers 4.x and 5.x."""
+    name, theta = str(dtype).removeprefix("torch."), cfg.rope_theta
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=cfg.dim,
+                intermediate_size=cfg.hidden_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
+                rms_norm_eps=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, vocab_size=cfg.vocab_size,
+                tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
+                attention_bias=False, mlp_bias=False, rope_theta=theta, initializer_range=0.02,
+                rope_parameters={"rope_type": "default", "rope_theta": theta}, torch_dtype=name, dtype=name)
+
+
+def load_llama(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A HF LLaMA directory (config.json + model.safetensors, or shards + index) as `LLaMA` in eval mode."""
+    from .llama import LLaMA
+    if (hf := read_config(path)) is None:
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face LLaMA directory)")
+    cfg = llama_config_from_hf(hf, Path(path) / "config.json")
+    with torch.device("meta"):
+        model = LLaMA(cfg)
+    if cfg.tie_embeddings:
+        del model.lm_head.weight                  # not in the file: re-tied to embed_tokens below
+    # ignored: RoPE's inv_freq table (saved by old exports), a tied checkpoint's copy of the embedding
+    skip = lambda key: key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and cfg.tie_embeddings)
+    load_checkpoint(model, path, lambda key: None if skip(key) else key.removeprefix("model."), dtype)
+    model.tie_weights()
+    return model.eval()
+
+
+def save_llama(model: nn.Module, path: str | Path, max_shard_size: int | str = "5GB") -> Path:
+    """`model` as a HF `LlamaForCausalLM` directory (what `from_pretrained` loads), dtype kept.
+    Only base weights: names with "lora_" are skipped (merge LoRA first); a tied lm_head is left out."""
+    from .llama import LLaMA
+    cfg, skip = model.cfg, ("lm_head.weight" if model.cfg.tie_embeddings else None)
+    hf_name = lambda n: n if n == "lm_head.weight" else "model." + n
+    tensors = {hf_name(n): t.detach() for n, t in model.state_dict().items() if "lora_" not in n and n != skip}
+    with torch.device("meta"):
+        expected = {hf_name(n) for n in LLaMA(cfg).state_dict() if n != skip}
+    if set(tensors) != expected:
+        raise ValueError(f"save_llama: not a plain LLaMA: extra {_short(sorted(set(tensors) - expected))}, "
+                         f"missing {_short(sorted(expected - set(tensors)))}")
+    specs = {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
+    hf = llama_config_to_hf(cfg, specs["model.embed_tokens.weight"][1])
+    return write_checkpoint(path, hf, specs, tensors.__getitem__, max_shard_size)
+
+
+def write_checkpoint(path: str | Path, config: dict, specs: dict[str, tuple[tuple, torch.dtype]],
+                     tensor_of: Callable[[str], torch.Tensor], max_shard_size: int | str = "5GB") -> Path:
+    """config.json + model.safetensors, or shards + index when over `max_shard_size` ("200KB", "5GB",
+    bytes). `tensor_of(key)` gives one tensor at a time (random weights need little RAM). All files
+    go to a temp dir inside `path`, moved in when complete: a failure never leaves a half checkpoint."""
+    unit = {"KB": 10**3, "MB": 10**6, "GB": 10**9}.get(str(max_shard_size)[-2:].upper())  # like transformers
+    limit = int(float(str(max_shard_size)[:-2]) * unit) if unit else int(max_shard_size)
+    nbytes = {k: math.prod(shape) * dt.itemsize for k, (shape, dt) in specs.items()}
+    shards = [[]]                             # greedy: open a new shard when the next tensor overflows
+    for key in specs:
+        if shards[-1] and sum(nbytes[k] for k in shards[-1]) + nbytes[key] > limit:
+            shards.append([])
+        shards[-1].append(key)
+    n, path = len(shards), Path(path)
+    names = [SINGLE_NAME] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=path))
+    try:
+        for name, keys in zip(names, shards):
+            _write_safetensors(tmp / name, {k: specs[k] for k in keys}, tensor_of)
+        if n > 1:
+            weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+            (tmp / INDEX_NAME).write_text(json.dumps(
+                {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        for stale in [*path.glob("model*.safetensors"), path / INDEX_NAME]:   # an earlier save's files
+            stale.unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+            os.replace(f, path / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_safetensors(file: Path, specs: dict, tensor_of: Callable[[str], torch.Tensor]) -> None:
+    """safetensors by hand: 8-byte header length, JSON header, raw little-endian bytes, streamed one
+    tensor at a time (the library's `save_file` first serialises them all into one blob)."""
+    header, offset, st_name = {"__metadata__": {"format": "pt"}}, 0, {v: k for k, v in ST_DTYPES.items()}
+    for key, (shape, dt) in specs.items():
+        n = math.prod(shape) * dt.itemsize
+        header[key] = {"dtype": st_name[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)                               # tensor data starts 8-byte aligned
+    with open(file, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for key, (shape, dt) in specs.items():
+            t = tensor_of(key).detach().to("cpu", dt).contiguous().reshape(math.prod(shape))
+            f.write(t.view(torch.uint8).numpy())
