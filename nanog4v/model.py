@@ -1,0 +1,179 @@
+"""GPT4Video: frozen ViT → video abstractor (Eq. 1–4) → projection → LLaMA (+LoRA), and the loss of Eq. 5.
+
+The pieces live in their own files; this one wires them together and does the two things that only
+exist at the level of the whole model:
+
+1. **The splice.** A tokenised conversation (``nanog4v.data.encode_conversation``) holds, for every video,
+   N placeholder tokens between ``<video>`` and ``</video>``. After the token embedding, the N
+   placeholder embeddings of each slot are *replaced* by that video's N projected abstractor outputs
+   F_video, so the LLM reads the video as N "soft tokens" in the middle of the text::
+
+       text embeddings (B, L, d_llm) ── at every slot (row, start, k): e[row, start:start+N] = F_video[k]
+
+2. **The loss (Eq. 5).** Next-token cross-entropy over the positions whose label is not −100:
+   L = −Σ_i log p(x_i | x_<i, F_video), i over the AI turns' tokens (``data.py`` builds the mask).
+
+Which parameters learn is a property of the stage (paper §3.3): stage 1 trains the abstractor and its
+projection with the LLM frozen; stage 2 trains LoRA adapters only (text-only data). The ViT is always
+frozen. ``save_pretrained`` writes just those trainable parts; the frozen ViT and LLaMA come from their
+official checkpoints through ``weights.py``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+
+from .abstractor import VideoAbstractor
+from .config import G4VConfig
+from .llama import LLaMA
+from .lora import add_lora, lora_state_dict
+from .vision import VisionTransformer
+from .weights import CheckpointError, load_llama, load_vision
+
+IGNORE = -100  # label of a position that Eq. 5 does not train
+
+
+def splice_video(embeds: torch.Tensor, video_tokens: torch.Tensor,
+                 video_slots: list[tuple[int, int, int]]) -> torch.Tensor:
+    """Put each video's N embeddings in place of its N placeholder tokens.
+
+    embeds (B, L, d) text embeddings; video_tokens (V, N, d) one row per video in the batch;
+    video_slots [(row, start, k)]: video k goes to embeds[row, start:start+N]. Returns a new tensor
+    (autograd flows into `video_tokens`; text positions are untouched).
+    """
+    n = video_tokens.shape[1]
+    out = embeds.clone()                                                # (B, L, d)
+    for row, start, k in video_slots:
+        if start < 0 or start + n > out.shape[1]:
+            raise ValueError(f"video slot {start}..{start + n} does not fit a sequence of {out.shape[1]}")
+        out[row, start:start + n] = video_tokens[k].to(out.dtype)      # (N, d)
+    return out
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: mean next-token cross-entropy over the positions whose label is not IGNORE."""
+    return F.cross_entropy(rearrange(logits[:, :-1], "b l v -> (b l) v").float(),
+                           rearrange(labels[:, 1:], "b l -> (b l)"), ignore_index=IGNORE)
+
+
+class GPT4Video(nn.Module):
+    def __init__(self, cfg: G4VConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionTransformer(cfg.vision)                     # frozen CLIP ViT
+        self.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+        self.llm = LLaMA(cfg.llama)                                     # frozen LLaMA (+LoRA in stage 2)
+        self.has_lora = False
+        self.vision.requires_grad_(False)
+        self.llm.requires_grad_(False)
+
+    @property
+    def num_video_tokens(self) -> int:
+        """N: how many embeddings one video occupies in the LLM's sequence (the slot length)."""
+        return self.abstractor.num_output_tokens
+
+    # --- video → N soft tokens ------------------------------------------------------------------
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen ViT on every frame: pixels (B, T, 3, S, S) -> F_v (B, T, 1+P, D_v)."""
+        b = pixels.shape[0]
+        frames = rearrange(pixels, "b t c h w -> (b t) c h w")         # (B*T, 3, S, S)
+        with torch.no_grad():
+            features = self.vision(frames.to(self.vision_dtype))       # (B*T, 1+P, D_v)
+        return rearrange(features, "(b t) p d -> b t p d", b=b)        # (B, T, 1+P, D_v)
+
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, T, 3, S, S) -> F_video (B, N, d_llm): ViT, then the abstractor and projection."""
+        return self.abstractor(self.encode_frames(pixels).float())     # (B, N, d_llm)
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision.parameters()).dtype
+
+    # --- the forward of Eq. 5 -----------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                attention_mask: torch.Tensor | None = None, video_slots=(),
+                videos: torch.Tensor | None = None, features: torch.Tensor | None = None):
+        """input_ids (B, L) with N placeholders per slot; videos (V, T, 3, S, S) pixels or features
+        (V, T, 1+P, D_v) cached ViT outputs. Returns (logits (B, L, vocab), loss or None)."""
+        if input_ids.shape[1] > self.cfg.llama.max_seq_len:
+            raise ValueError(f"sequence of {input_ids.shape[1]} tokens (video tokens included) exceeds "
+                             f"max_seq_len {self.cfg.llama.max_seq_len}")
+        embeds = self.llm.embed_tokens(input_ids)                      # (B, L, d_llm)
+        if video_slots:
+            if features is None and videos is None:
+                raise ValueError("the batch has video slots but neither videos nor features")
+            video_tokens = (self.abstractor(features.float()) if features is not None
+                            else self.encode_video(videos))             # (V, N, d_llm)
+            embeds = splice_video(embeds, video_tokens.to(embeds.dtype), list(video_slots))
+        logits = self.llm(embeds=embeds, attention_mask=attention_mask)  # (B, L, vocab)
+        return logits, (lm_loss(logits, labels) if labels is not None else None)
+
+    # --- the two training stages --------------------------------------------------------------
+    def add_lora(self) -> None:
+        """Wrap the LLM's target projections with LoRA (cfg.lora); base weights stay frozen."""
+        if not self.has_lora:
+            c = self.cfg.lora
+            add_lora(self.llm, targets=c.targets, r=c.r, alpha=c.alpha, dropout=c.dropout)
+            self.has_lora = True
+
+    def set_stage(self, stage: int) -> list[nn.Parameter]:
+        """Freeze everything except what `stage` trains; return those parameters for the optimiser.
+        Stage 1: abstractor + projection. Stage 2: LoRA only (added here if absent)."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, not {stage}")
+        if stage == 2:
+            self.add_lora()
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("abstractor.") if stage == 1 else "lora_" in name)
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- files -------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What GPT4Video adds to the frozen models: abstractor + projection, and LoRA (if any)."""
+        state = {f"abstractor.{k}": v for k, v in self.abstractor.state_dict().items()}
+        state.update({f"llm.{k}": v for k, v in lora_state_dict(self.llm).items()})
+        return state
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """`gpt4video.safetensors` (trainable parts) + `config.json`, written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "gpt4video.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()},
+                  str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / "gpt4video.safetensors")
+        meta = {"config": self.cfg.to_dict(), "lora": self.has_lora}
+        (directory / "config.json.tmp").write_text(json.dumps(meta, indent=2))
+        (directory / "config.json.tmp").replace(directory / "config.json")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, vision_path: str | Path, llama_path: str | Path,
+                        dtype: torch.dtype = torch.float32) -> "GPT4Video":
+        """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`."""
+        directory = Path(directory)
+        meta_file, tensor_file = directory / "config.json", directory / "gpt4video.safetensors"
+        for f in (meta_file, tensor_file):
+            if not f.is_file():
+                raise CheckpointError(f"{f}: missing (not a GPT4Video checkpoint directory)")
+        meta = json.loads(meta_file.read_text())
+        model = cls(G4VConfig.from_dict(meta["config"]))
+        model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
+        model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
+        if meta.get("lora"):
+            model.add_lora()
+        state = load_file(str(tensor_file))
+        expected = model.trainable_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or wrong:
+            raise CheckpointError(f"{tensor_file}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                                  f"wrong shape {wrong[:5]}")
+        model.load_state_dict(state, strict=False)
+        return model.eval()
