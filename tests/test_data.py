@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 
-from conftest import shared_asset
+from conftest import shared_asset, train_tiny_tokenizer
 from nanog4v.config import preset
 from nanog4v.data import (AI, IGNORE, SYSTEM, ConversationDataset, DataError, SkipCounter,
                           clean_reply, collate, encode_conversation, escape, num_video_tokens,
@@ -25,25 +24,6 @@ from nanog4v.video import write_video
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 N = 4   # video tokens per slot in these tests
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tmp_path_factory):
-    """A SentencePiece model trained here (LLaMA's settings: byte fallback, identity normalisation,
-    spaces kept), on toy sentences and template lines so that pieces such as "###" exist."""
-    words = ("the a red blue green circle square triangle moves left right up down grows shrinks spins "
-             "video shows what is colour of object how many objects there it can not help with that").split()
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(words, rng.integers(3, 12))) + "." for _ in range(400)]
-    lines += [SYSTEM.strip(), "###Human: <video></video>", "###AI: <video> a red circle </video>"] * 20
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=400, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
-    path = tmp_path_factory.mktemp("spm") / "tiny.model"
-    path.write_bytes(model.getvalue())
-    return Tokenizer(path)
 
 
 @pytest.fixture(params=["tiny", "llama"])
@@ -176,12 +156,10 @@ def test_bad_conversations_raise(tiny_tokenizer):
 
 def test_tokenizer_that_loses_newlines_fails_loudly(tmp_path):
     """SentencePiece's default normaliser (nmt_nfkc, collapsed spaces) would corrupt the template."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a red circle moves left."] * 50),
-                                   model_writer=model, vocab_size=275, byte_fallback=True, minloglevel=2)
-    (tmp_path / "nfkc.model").write_bytes(model.getvalue())
+    nfkc = train_tiny_tokenizer(tmp_path / "nfkc.model", ["a red circle moves left."] * 50, vocab_size=275,
+                                normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True)
     with pytest.raises(DataError, match="'\\\\n'|mismatch"):
-        encode_conversation(Tokenizer(tmp_path / "nfkc.model"), TWO_TURN, num_video_tokens=N)
+        encode_conversation(nfkc, TWO_TURN, num_video_tokens=N)
 
 
 # --- escaping --------------------------------------------------------------------------------
@@ -286,85 +264,14 @@ def test_prompt_for_reply_is_the_training_prefix(tok):
     assert clean_reply(" Left.\n###Human: more") == "Left."
 
 
-# --- readers ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def video_root(tmp_path):
-    (tmp_path / "videos").mkdir()
-    for name in ("v1.mp4", "v2.mp4"):
-        (tmp_path / "videos" / name).write_bytes(b"not decoded by the readers")
-    return tmp_path
-
-
-def test_read_videochat(video_root):
-    skips = SkipCounter(stream=io.StringIO())
-    records = list(read_videochat(FIXTURES / "videochat.json", video_root=video_root, skips=skips))
-    assert [r["source"] for r in records] == [f"{FIXTURES / 'videochat.json'}:{n}" for n in (2, 3, 8)]
-    assert records[0] == {"videos": [str(video_root / "videos/v1.mp4")], "source": records[0]["source"],
-                          "turns": [{"from": "human", "video": 0},
-                                    {"from": "human", "value": "Describe the video in detail."},
-                                    {"from": "ai", "value": "A red circle moves to the left on a grey background."}]}
-    assert records[1]["turns"][3] == {"from": "human", "value": "Answer briefly. How many objects are there?"}
-    assert len(records[1]["turns"]) == 5
-    assert skips.counts == {"video file not found": 1, "bad record": 2, "empty turn": 1}
-    assert f"videochat.json:4: video file not found" in skips.stream.getvalue()
-    with pytest.raises(DataError, match=r"videochat\.json:4: video file not found"):
-        list(read_videochat(FIXTURES / "videochat.json", video_root=video_root, strict=True))
-    unchecked = list(read_videochat(FIXTURES / "videochat.json", video_root=video_root, check_videos=False,
-                                    skips=SkipCounter(stream=io.StringIO())))
-    assert len(unchecked) == 4
-
-
-def test_read_dialogues():
-    skips = SkipCounter(show=2, stream=io.StringIO())
-    records = list(read_dialogues(FIXTURES / "dialogues.jsonl", skips=skips))
-    assert [r.get("id") for r in records] == ["d1", "d2", None]
-    assert records[0] == {"videos": [], "id": "d1", "source": f"{FIXTURES / 'dialogues.jsonl'}:1",
-                          "turns": [{"from": "human", "value": "Show me a red circle."},
-                                    {"from": "ai", "value": "Here it is: <video> a red circle moving left </video>"}]}
-    assert [t["from"] for t in records[2]["turns"]] == ["human", "ai"]
-    assert skips.counts == {"invalid JSON": 1, "bad turn": 1, "no AI turn": 1, "bad video tags": 2,
-                            "empty turn": 1, "no turns": 1, "bad record": 1}
-    assert str(skips).startswith("skipped 8 records: 2 bad video tags")
-    assert len(skips.stream.getvalue().splitlines()) == 2                       # only the first few shown
-    with pytest.raises(DataError, match=r"dialogues\.jsonl:3: invalid JSON"):
-        list(read_dialogues(FIXTURES / "dialogues.jsonl", strict=True))
-
-
-def test_read_safety():
-    skips = SkipCounter(stream=io.StringIO())
-    records = list(read_safety(FIXTURES / "safety.jsonl", skips=skips))
-    assert [(r["id"], r["label"]) for r in records] == [("s1", "refuse"), ("s2", "benign")]
-    assert skips.counts == {"bad label": 2}
-    with pytest.raises(DataError, match=r"safety\.jsonl:3: 'label'"):
-        list(read_safety(FIXTURES / "safety.jsonl", strict=True))
-
-
-def test_read_jsonl(video_root):
-    skips = SkipCounter(stream=io.StringIO())
-    records = list(read_jsonl(FIXTURES / "generic.jsonl", video_root=video_root, skips=skips))
-    assert [len(r["videos"]) for r in records] == [1, 2, 0]
-    assert records[1]["turns"][:3] == [{"from": "human", "video": 0}, {"from": "human", "video": 1},
-                                       {"from": "human", "value": "Compare them."}]
-    assert skips.counts == {"video file not found": 1, "bad video field": 1}
-
-
-def test_reader_errors_name_the_file(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
-        list(read_dialogues(tmp_path / "absent.jsonl"))
-    broken = tmp_path / "broken.json"
-    broken.write_text('[\n  {"video": "a.mp4", "QA": []},\n  {"video": \n')
-    with pytest.raises(DataError, match=r"broken\.json:4: invalid JSON"):
-        list(read_videochat(broken, skips=SkipCounter(stream=io.StringIO())))
-
-
-def test_records_encode(tiny_tokenizer, video_root):
+def test_records_encode(tiny_tokenizer):
     """Everything the readers yield goes through the template and keeps its answers."""
     skips = SkipCounter(stream=io.StringIO())
-    records = [*read_videochat(FIXTURES / "videochat.json", video_root=video_root, skips=skips),
+    records = [*read_videochat(FIXTURES / "videochat.json", check_videos=False, skips=skips),
                *read_dialogues(FIXTURES / "dialogues.jsonl", skips=skips),
                *read_safety(FIXTURES / "safety.jsonl", skips=skips),
-               *read_jsonl(FIXTURES / "generic.jsonl", video_root=video_root, skips=skips)]
+               *read_jsonl(FIXTURES / "generic.jsonl", check_videos=False, skips=skips)]
+    assert len(records) == 4 + 3 + 2 + 4   # videos not checked: the fixtures hold no real files
     for record in records:
         enc = encode_conversation(tiny_tokenizer, record, num_video_tokens=N)
         check_every_position(tiny_tokenizer, record, enc, "ai")

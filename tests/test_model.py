@@ -1,16 +1,11 @@
 """GPT4Video wired together: the splice, Eq. 5, the two training stages, save/load of the trainable parts."""
-import io
-
-import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 import transformers
 
 from nanog4v.config import preset
-from nanog4v.data import SYSTEM, collate, encode_conversation, num_video_tokens
+from nanog4v.data import collate, encode_conversation
 from nanog4v.model import IGNORE, GPT4Video, lm_loss, splice_video
-from nanog4v.tokenizer import Tokenizer
 from nanog4v.weights import CheckpointError, save_llama
 
 CFG = preset("test")
@@ -18,20 +13,9 @@ N = CFG.abstractor.num_queries
 S = CFG.vision.image_size
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    words = "the a red blue circle square moves left right what is colour of it video shows".split()
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(words, rng.integers(3, 10))) + "." for _ in range(300)]
-    lines += [SYSTEM.strip(), "###Human: <video></video>", "###AI: <video> a red circle </video>"] * 50
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=500, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-    path = tmp_path_factory.mktemp("spm") / "tiny.model"
-    path.write_bytes(model.getvalue())
-    return Tokenizer(path)
+@pytest.fixture
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def batch_of(tokenizer, conversations, videos_per_conv):
