@@ -5,7 +5,7 @@
   list, ``{"id"?, "conversations": [{"from": "human"|"user"|"gpt"|"ai"|"assistant", "value"}]}`` whose AI
   turns show videos with ``<video> caption </video>`` / ``<videoK> caption </videoK>``;
 - ``read_safety``: the same shape plus ``"label": "refuse"|"benign"``;
-- ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...]}``.
+- ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...], "label"?}``.
 
 A malformed record is skipped and counted by reason in a ``SkipCounter`` (the first few printed as
 ``file:line: problem``), or raises ``DataError("file:line: problem")`` with ``strict=True``; a missing
@@ -194,8 +194,9 @@ def read_jsonl(path, *, video_root=None, check_videos: bool = True, strict: bool
         turns = _turns(obj.get("conversations"))
         videos = _video_paths(obj["video"], root, check_videos) if obj.get("video") is not None else []
         record = {"videos": videos, "turns": [{"from": "human", "video": k} for k in range(len(videos))] + turns}
-        if "id" in obj:
-            record["id"] = obj["id"]
+        for key in ("id", "label"):                  # "label": e.g. refuse|benign in video safety data
+            if key in obj:
+                record[key] = obj[key]
         return record
 
     return _read(path, parse, strict, skips)
