@@ -1,6 +1,327 @@
-"""Train GPT4Video: stage 0 (nano's frozen parts), stage 1 (video-text alignment), stage 2 (LoRA)."""
+"""Train GPT4Video, stage by stage (paper §3.3).
+
+    python train.py --stage 1 [--preset nano|7b|test] [--data FILE ...] [--out DIR] [--resume] [--max-steps N]
+    python train.py --stage 2 ...                         # LoRA on the dialogues, from the stage-1 model (--init)
+    torchrun --nproc_per_node=K train.py --stage 2 ...    # data-parallel on K processes (NCCL on GPUs, gloo on CPU)
+
+**Stage 1** (video-text alignment): the ViT and LLaMA are frozen; the video abstractor and its
+projection learn on VideoChat-11k-style video QA. **Stage 2** (instruction tuning): everything is
+frozen except LoRA adapters on LLaMA's q_proj and v_proj, trained on GPT4Video-50k-style dialogues
+(text only) and the safety dialogues. Stage 0 — pretraining the nano preset's tokenizer, ViT and LLaMA
+on the toy world, the parts the paper takes as given — is not implemented yet (`--stage 0|all` say so).
+
+Defaults come from the preset (`nanog4v/config.py`, `TrainConfig` per stage): `7b` uses the paper's
+settings (stage 1: lr 1e-4, 2 epochs; stage 2: lr 2e-5, 3 epochs). Every one can be overridden
+(--lr, --epochs, --batch-size = the global batch, --grad-accum, --warmup-steps, ...).
+
+Where things are, by default (paths relative to this file; stage 0 writes the nano ones):
+
+    weights/nano/tokenizer.model      SentencePiece model           (7b: weights/llama-7b/tokenizer.model)
+    weights/nano/vision/              CLIP ViT, transformers layout (7b: weights/clip-vit-large-patch14/)
+    weights/nano/llama/               LLaMA, Hugging Face layout    (7b: weights/llama-7b/)
+    weights/nano/stage1/              the stage-1 model, the --init of stage 2
+    weights/nano/toyworld/            the toy world (python -m nanog4v.toyworld): stage 1 reads
+                                      stage1_train.json, stage 2 stage2_train.jsonl + safety_train.jsonl;
+                                      the end-of-stage check uses stage1_val.json / stage2_val.jsonl
+    runs/<preset>-stage<k>/           --out (relative to the working directory)
+
+What --out receives: `log.jsonl` (one line per optimiser step: loss, lr, grad norm, tokens, time),
+`last.pt` (the resumable training state, see nanog4v/trainer.py), `loss.png`, the trained model
+(`config.json` + `gpt4video.safetensors`, for GPT4Video.from_pretrained / --init), for stage 2 also the
+LoRA adapter in peft's layout (`adapter/`), and `summary.json` (steps, time, final loss, evaluation).
+
+Data files may be VideoChat-11k JSON, GPT4Video-50k-style dialogues, safety dialogues or generic
+JSONL: the format is recognised from the first record (nanog4v/trainer.py:sniff_format). Stage 1 can
+read cached ViT features instead of decoding videos (--features-dir; make them with
+`python -m nanog4v.features`). Errors print one line `error: <file>: <problem>` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from nanog4v.abstractor import VideoAbstractor
+from nanog4v.config import PRESETS, G4VConfig, preset
+from nanog4v.data import ConversationDataset, DataError
+from nanog4v.lora import save_lora
+from nanog4v.model import GPT4Video
+from nanog4v.tokenizer import Tokenizer, TokenizerError
+from nanog4v.inference import reply_accuracy
+from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_records
+from nanog4v.weights import CheckpointError, load_llama, load_vision
+
+ROOT = Path(__file__).resolve().parent
+NANO, WORLD = ROOT / "weights" / "nano", ROOT / "weights" / "nano" / "toyworld"
+SEVEN_B = {  # flag: (default path, what it is, Hugging Face repository, download folder)
+    "vision": ("weights/clip-vit-large-patch14", "CLIP ViT-L/14", "openai/clip-vit-large-patch14",
+               "weights/clip-vit-large-patch14"),
+    "llama": ("weights/llama-7b", "LLaMA-7B in Hugging Face layout", "huggyllama/llama-7b", "weights/llama-7b"),
+    "tokenizer": ("weights/llama-7b/tokenizer.model", "LLaMA's tokenizer.model", "huggyllama/llama-7b",
+                  "weights/llama-7b")}
+NANO_DEFAULTS = {"vision": NANO / "vision", "llama": NANO / "llama", "tokenizer": NANO / "tokenizer.model",
+                 "data": {1: [WORLD / "stage1_train.json"],
+                          2: [WORLD / "stage2_train.jsonl", WORLD / "safety_train.jsonl"]},
+                 "val": {1: [WORLD / "stage1_val.json"], 2: [WORLD / "stage2_val.jsonl"]},
+                 "init": {2: NANO / "stage1"}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train GPT4Video stage 1 (abstractor) or stage 2 (LoRA).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", required=True, choices=["0", "1", "2", "all"])
+    p.add_argument("--preset", default="nano", choices=sorted(PRESETS))
+    p.add_argument("--data", nargs="+", type=Path, help="training files (default: the preset's)")
+    p.add_argument("--val", nargs="+", type=Path, help="validation files for the end-of-stage check")
+    p.add_argument("--video-root", type=Path, help="resolve video paths here (default: each file's folder)")
+    p.add_argument("--vision", type=Path, help="frozen CLIP ViT: directory or .safetensors")
+    p.add_argument("--llama", type=Path, help="frozen LLaMA: Hugging Face directory")
+    p.add_argument("--tokenizer", type=Path, help="SentencePiece tokenizer.model")
+    p.add_argument("--init", type=Path, help="start from this model's trainable parts (a stage-1 --out)")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/<preset>-stage<k>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--max-steps", type=int, help="stop after this optimiser step (the schedule still spans "
+                   "all epochs, so --resume continues it)")
+    for name, kind in [("lr", float), ("epochs", int), ("batch-size", int), ("grad-accum", int),
+                       ("warmup-steps", int), ("weight-decay", float), ("grad-clip", float), ("max-seq-len", int)]:
+        p.add_argument(f"--{name}", type=kind, help="default: the preset's stage setting")
+    p.add_argument("--frames", type=int, help="frames per video T (default: the preset's)")
+    p.add_argument("--features-dir", type=Path, help="cached ViT features (python -m nanog4v.features)")
+    p.add_argument("--loss-on", default="ai", choices=["ai", "all"],
+                   help="Eq. 5 on AI turns only, or on every text token as the official code did")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute LLaMA blocks in backward")
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="frozen weights (default: bf16 on CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=100, help="write last.pt every N steps (and at the end)")
+    p.add_argument("--eval-n", type=int, default=64, help="AI turns scored at the end (0: no evaluation)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--strict", action="store_true", help="a malformed record is an error, not a skip")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    return p.parse_args(argv)
+
+
+# --- paths and settings ----------------------------------------------------------------------------
+
+def _need(path: Path, what: str, flag: str, preset_name: str) -> Path:
+    """`path`, or a TrainError that says how to get it."""
+    if path.exists():
+        return path
+    if preset_name == "7b" and flag in SEVEN_B:
+        _, what, repo, folder = SEVEN_B[flag]
+        raise TrainError(f"{path}: missing; put {what} there or pass --{flag} PATH. On a machine with internet: "
+                         f"huggingface-cli download {repo} --include '*.json' '*.model' '*.safetensors' "
+                         f"--local-dir {folder} (see weights/README.md)")
+    if preset_name == "nano":
+        raise TrainError(f"{path}: missing; the nano preset's {what} is made by stage 0 "
+                         f"(python train.py --preset nano --stage all), or pass --{flag} PATH")
+    raise TrainError(f"{path}: no such file or directory ({what}, --{flag})")
+
+
+def resolve_paths(args, stage: int) -> dict:
+    """Fill in the preset's default paths and check that every input exists."""
+    name = args.preset
+    defaults = {"nano": NANO_DEFAULTS,
+                "7b": {k: ROOT / v[0] for k, v in SEVEN_B.items()}}.get(name, {})
+    paths = {}
+    for flag, what in [("vision", "frozen ViT"), ("llama", "frozen LLaMA"), ("tokenizer", "tokenizer")]:
+        path = getattr(args, flag) or defaults.get(flag)
+        if path is None:
+            raise TrainError(f"train.py: --{flag} is required with --preset {name}")
+        paths[flag] = _need(Path(path), what, flag, name)
+    data = args.data or defaults.get("data", {}).get(stage)
+    if not data:
+        raise TrainError(f"train.py: --data is required with --preset {name} (stage 1: VideoChat-11k JSON; "
+                         "stage 2: dialogue and safety JSONL)")
+    paths["data"] = [_need(Path(f), "training data", "data", name) for f in data]
+    val = args.val or [f for f in defaults.get("val", {}).get(stage, []) if f.exists()]
+    paths["val"] = [_need(Path(f), "validation data", "val", name) for f in val]
+    init = args.init or defaults.get("init", {}).get(stage)
+    paths["init"] = _need(Path(init), "stage-1 model", "init", name) if init else None
+    if args.features_dir is not None:
+        paths["features_dir"] = _need(args.features_dir, "cached features", "features-dir", name)
+    return paths
+
+
+def stage_settings(args, cfg: G4VConfig, stage: int):
+    """The preset's TrainConfig for this stage with the command line's overrides."""
+    tc = cfg.stage1 if stage == 1 else cfg.stage2
+    overrides = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps",
+                                               "weight_decay", "grad_clip", "max_seq_len")
+                 if getattr(args, k) is not None}
+    tc = replace(tc, **overrides)
+    if tc.lr <= 0 or tc.epochs < 1 or tc.batch_size < 1 or tc.grad_accum < 1 or tc.warmup_steps < 0:
+        raise TrainError(f"train.py: bad settings {tc}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise TrainError("train.py: --max-steps must be at least 1")
+    return replace(tc, max_seq_len=min(tc.max_seq_len, cfg.llama.max_seq_len))
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def build_model(cfg: G4VConfig, paths: dict, stage: int, dtype: torch.dtype, seed: int) -> GPT4Video:
+    """Frozen ViT and LLaMA from their official layouts (their shapes win over the preset's), a fresh
+    abstractor (seeded) or the one of --init (with its LoRA, if any), then `set_stage(stage)`.
+    The model is first built on the meta device, so no random 7B LLaMA is ever materialised."""
+    vision, llm = load_vision(paths["vision"], dtype=dtype), load_llama(paths["llama"], dtype=dtype)
+    init, meta = paths["init"], None
+    if init is not None:
+        files = [init / "config.json", init / "gpt4video.safetensors"]
+        if not all(f.is_file() for f in files):
+            raise TrainError(f"{init}: not a GPT4Video checkpoint directory (needs config.json and "
+                             "gpt4video.safetensors, as train.py --out or GPT4Video.save_pretrained write)")
+        try:
+            meta = json.loads(files[0].read_text())
+            saved = G4VConfig.from_dict(meta["config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TrainError(f"{files[0]}: not a GPT4Video config ({e})") from None
+        cfg = replace(cfg, num_frames=saved.num_frames, abstractor=saved.abstractor,
+                      lora=saved.lora if meta.get("lora") else cfg.lora)
+    cfg = replace(cfg, vision=vision.cfg, llama=llm.cfg)
+    with torch.device("meta"):
+        model = GPT4Video(cfg)
+    model.vision, model.llm = vision.requires_grad_(False), llm.requires_grad_(False)
+    torch.manual_seed(seed)                                                # the same init on every rank
+    model.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+    if init is not None:
+        if meta.get("lora"):
+            model.add_lora()
+        try:
+            state, expected = load_file(str(files[1])), model.trainable_state_dict()
+        except (SafetensorError, OSError) as e:
+            raise TrainError(f"{files[1]}: unreadable ({e})") from None
+        bad = sorted(set(state) ^ set(expected)) + sorted(
+            k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if bad:
+            raise TrainError(f"{files[1]}: does not fit the model: {bad[:5]}")
+        model.load_state_dict(state, strict=False)
+    model.set_stage(stage)
+    return model
+
+
+# --- the loss curve ---------------------------------------------------------------------------------
+
+def plot_losses(log: Path, png: Path, title: str) -> Path | None:
+    """The log's loss per step (and a moving average) as a PNG; None when the log is empty."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    k = max(1, len(losses) // 20)
+    smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=1, label="loss (Eq. 5)")
+    ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {k}" if k > 1 else None)
+    ax.set(xlabel="optimiser step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+# --- one stage ---------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    """Train one stage as `args` say; returns {"model", "step", "total_steps", "loss", "eval"}."""
+    if args.stage in ("0", "all"):
+        raise TrainError("train.py: --stage 0 (pretraining the nano tokenizer, ViT and LLaMA on the toy world) "
+                         "is not implemented yet, nor --stage all; run --stage 1 or 2 on existing weights")
+    stage, started = int(args.stage), time.time()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
+        raise TrainError(f"train.py: --device {device}: no such device here")
+    world = init_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{world.local_rank}"
+    say = print if world.main and not args.quiet else (lambda *a, **k: None)
+    paths = resolve_paths(args, stage)
+    cfg = preset(args.preset, **({"num_frames": args.frames} if args.frames else {}))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    model = build_model(cfg, paths, stage, dtype, args.seed)
+    cfg, tc = model.cfg, stage_settings(args, model.cfg, stage)
+    if args.frames and args.frames != cfg.num_frames:
+        raise TrainError(f"{paths['init']}: was trained with {cfg.num_frames} frames, not --frames {args.frames}")
+    tokenizer = Tokenizer(paths["tokenizer"])
+    if tokenizer.vocab_size > cfg.llama.vocab_size:
+        raise TrainError(f"{paths['tokenizer']}: {tokenizer.vocab_size} pieces, but the LLaMA in "
+                         f"{paths['llama']} has only {cfg.llama.vocab_size} embeddings")
+    records = read_records(paths["data"], args.video_root, args.strict, log=say)
+    data = ConversationDataset(records, tokenizer, cfg, features_dir=paths.get("features_dir"),
+                               loss_on=args.loss_on, max_seq_len=tc.max_seq_len)
+    if len(data) == 0:
+        raise TrainError(f"{paths['data'][0]}: no usable training examples ({data.skips})")
+    say(f"stage {stage}: {len(data)} examples ({data.skips}); {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
+        f"trainable parameters; lr {tc.lr}, {tc.epochs} epochs, global batch {tc.batch_size} in {tc.grad_accum} "
+        f"micro-batch(es) over {world.world_size} process(es)")
+    model.to(device)
+    if args.activation_checkpointing:
+        checkpoint_blocks(model.llm)
+    out = args.out or Path("runs") / f"{args.preset}-stage{stage}"
+    out.mkdir(parents=True, exist_ok=True)
+    signature = {"preset": args.preset, "stage": stage, "seed": args.seed, "loss_on": args.loss_on,
+                 "num_examples": len(data), "world_size": world.world_size,
+                 "data": [str(f.resolve()) for f in paths["data"]], **{k: v for k, v in vars(tc).items()}}
+    loop = LoopConfig(out=out, lr=tc.lr, epochs=tc.epochs, batch_size=tc.batch_size, grad_accum=tc.grad_accum,
+                      warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
+                      seed=args.seed, max_steps=args.max_steps, save_every=args.save_every, device=device,
+                      bf16=device.startswith("cuda"), num_workers=args.num_workers, progress=not args.quiet,
+                      signature=signature,   # stage 1 with text-only examples: the abstractor may sit idle
+                      find_unused_parameters=stage == 1 and any(not item["videos"] for item in data.items))
+    title = f"GPT4Video stage {stage} ({args.preset})"
+    try:
+        result = fit(model, data, tokenizer.pad_id, loop, world, resume=args.resume)
+    finally:
+        if world.main:
+            plot_losses(out / "log.jsonl", out / "loss.png", title)
+    evaluation = None
+    if world.main:
+        model.save_pretrained(out)
+        if stage == 2:
+            save_lora(model.llm, out / "adapter")
+        if paths["val"] and args.eval_n > 0:
+            val = read_records(paths["val"], args.video_root, args.strict, log=say)
+            evaluation = reply_accuracy(model, tokenizer, val, features_dir=paths.get("features_dir"),
+                                        limit=args.eval_n, device=device, bf16=loop.bf16)
+            say(f"validation: exact-answer accuracy {evaluation['accuracy']:.3f} on {evaluation['n']} replies")
+        summary = {"stage": stage, "preset": args.preset, **result, "wall_s": round(time.time() - started, 1),
+                   "eval": evaluation, "argv": sys.argv}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        say(f"wrote {out}: model, log.jsonl, loss.png, summary.json (step {result['step']}/{result['total_steps']},"
+            f" loss {result['loss']:.4f})")
+    if world.world_size > 1:
+        dist.barrier()
+    return {"model": model, **result, "eval": evaluation}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (TrainError, DataError, CheckpointError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
 
 if __name__ == "__main__":
-    print("error: train.py: not implemented yet (see the trained-recipe issue)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

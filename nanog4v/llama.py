@@ -136,7 +136,9 @@ class Attention(nn.Module):
         v = rearrange(self.v_proj(x), "b l (h d) -> b h l d", d=self.head_dim)   # (B, Hkv, L, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.cache is not None:
-            k, v = self.cache.update(start_pos, k, v)                    # (B, Hkv, S, d), S = start_pos + L
+            cached_k, cached_v = self.cache.update(start_pos, k, v)      # (B, Hkv, S, d), S = start_pos + L
+            if start_pos > 0:  # a prefill (start 0) attends over its own contiguous k, v: same values, faster
+                k, v = cached_k, cached_v
         # mask None: a chunk that starts at 0 is plain causal; a single new token sees every key.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              is_causal=mask is None and q.shape[2] > 1,

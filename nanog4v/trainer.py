@@ -1,0 +1,417 @@
+"""The training loop of stages 1 and 2 (paper §3.3), and what makes it restartable and data-parallel.
+
+`train.py` is the command line; the reusable pieces live here:
+
+- **Optimiser** (`make_optimizer`, `lr_at`): AdamW (Loshchilov & Hutter 2019), weight decay on matrices
+  only (≥ 2-D; biases, norms and query tokens are not decayed), learning rate with a linear warm-up
+  then a cosine decay to 10 % of the peak (the paper gives only the peak: 1e-4 and 2e-5).
+- **The batch plan** (`BatchPlan`): which examples every optimiser step sees, as a pure function of
+  the step number. Epoch e visits the examples in a permutation seeded by (seed, e); step s takes the
+  next `batch_size` of them (the global batch; an incomplete last batch is dropped) and splits it into
+  `grad_accum` micro-batches. With K processes (torchrun) rank r runs micro-batches r·A/K … (r+1)·A/K − 1,
+  so K processes see exactly the micro-batches one process would, and the global batch stays the same.
+- **Loss and gradient.** Each micro-batch's loss is Eq. 5's mean over its trained tokens; the gradient
+  of a step is the mean over its A micro-batches, (1/A) Σ_m ∇L_m. One process divides each backward by A;
+  under DDP each rank divides by A/K and DDP averages the K ranks: the same sum.
+- **Checkpoints** (`save_checkpoint`, `load_checkpoint`): one file `last.pt` — trainable tensors,
+  AdamW state, schedule, RNG states of every rank (python, numpy, torch, cuda), the data position and
+  the step — written to a temp file, fsync'ed and renamed over the old one, so a crash at any moment
+  leaves the previous checkpoint whole. Resuming restores all of it and cuts the JSONL log back to the
+  checkpoint's step, so the log after a resume is the log of an uninterrupted run, bit for bit (CPU;
+  on CUDA as far as the kernels are deterministic).
+- **Memory and speed**: bf16 autocast on CUDA (trainable tensors stay fp32; LoRA adapters are fp32 by
+  construction) and `checkpoint_blocks`, activation checkpointing over the LLaMA blocks.
+- **Distributed** (`init_distributed`, torchrun): DDP over NCCL (GPUs) or gloo (CPU). Each rank seeds its
+  RNG with seed + rank, so LoRA dropout differs per rank; with dropout 0 K processes follow the
+  one-process loss trajectory up to float summation order (tests/test_train.py).
+- **Evaluation** (`reply_accuracy`): greedy replies to every AI turn of a validation split, scored by
+  exact match; the end-of-stage check of `train.py`, reusable by `nanog4v.eval`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from .data import SkipCounter, collate
+from .readers import read_dialogues, read_jsonl, read_safety, read_videochat
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or go on; the message starts with the file it is about."""
+
+
+# --- data files ------------------------------------------------------------------------------------
+
+def sniff_format(path: Path) -> str:
+    """Which reader a data file needs, from its first record: "videochat" ({"video", "QA"}), "jsonl"
+    (a "video" and "conversations"), "safety" (a "label") or "dialogues" (text-only conversations)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            start = text.index("[") + 1
+            start += len(text[start:]) - len(text[start:].lstrip())           # skip the space after "["
+            first, _ = json.JSONDecoder().raw_decode(text, start)
+        else:
+            first = json.loads(next(line for line in text.split("\n") if line.strip()))
+    except (OSError, UnicodeDecodeError, ValueError, StopIteration) as e:
+        raise TrainError(f"{path}: cannot read its first record ({type(e).__name__}: {e})") from None
+    if not isinstance(first, dict):
+        raise TrainError(f"{path}: the first record is not a JSON object")
+    if "QA" in first:
+        return "videochat"
+    if first.get("video") is not None:
+        return "jsonl"
+    return "safety" if "label" in first else "dialogues"
+
+
+def read_records(paths, video_root=None, strict: bool = False, log=print) -> list[dict]:
+    """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`."""
+    records = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise TrainError(f"{path}: no such data file")
+        kind, skips = sniff_format(path), SkipCounter()
+        if kind == "videochat":
+            found = read_videochat(path, video_root=video_root, strict=strict, skips=skips)
+        elif kind == "jsonl":
+            found = read_jsonl(path, video_root=video_root, strict=strict, skips=skips)
+        else:
+            found = (read_safety if kind == "safety" else read_dialogues)(path, strict=strict, skips=skips)
+        found = list(found)
+        log(f"{path}: {len(found)} records in {kind} format ({skips})")
+        records += found
+    return records
+
+
+# --- optimiser and schedule ------------------------------------------------------------------------
+
+def lr_at(step: int, peak: float, warmup: int, total: int, final_ratio: float = 0.1) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up to `peak` over `warmup` steps,
+    then a half cosine from `peak` down to `final_ratio`·peak at the last step (total − 1)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - 1 - warmup)                  # 0 … 1
+    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(named_params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on ≥ 2-D tensors (matrices) only."""
+    named_params = [(n, p) for n, p in named_params if p.requires_grad]
+    groups = [{"params": [p for _, p in named_params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for _, p in named_params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+# --- the batch plan --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Examples per optimiser step as a pure function of the step (see the module docstring)."""
+    num_examples: int
+    batch_size: int            # the global batch: examples per optimiser step, all processes together
+    grad_accum: int            # micro-batches per optimiser step, all processes together
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        b, a, k = self.batch_size, self.grad_accum, self.world_size
+        if b % a or a % k:
+            raise TrainError(f"batch plan: batch size {b} must split into grad_accum {a} micro-batches, "
+                             f"and grad_accum into the {k} processes")
+        if self.num_examples < b:
+            raise TrainError(f"batch plan: {self.num_examples} examples, fewer than one batch of {b}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.batch_size
+
+    @property
+    def local_accum(self) -> int:
+        return self.grad_accum // self.world_size                            # micro-batches per rank
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, index into that epoch's permutation) where step `step` starts."""
+        return step // self.steps_per_epoch, (step % self.steps_per_epoch) * self.batch_size
+
+    def permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_examples, generator=g).tolist()
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches (lists of example indices) for optimiser step `step`."""
+        epoch, start = self.position(step)
+        batch = self.permutation(epoch)[start:start + self.batch_size]
+        size = self.batch_size // self.grad_accum
+        mine = range(self.rank * self.local_accum, (self.rank + 1) * self.local_accum)
+        return [batch[m * size:(m + 1) * size] for m in mine]
+
+
+class PlanSampler:
+    """The plan's micro-batches for steps [first, last) in order: a `batch_sampler` for DataLoader."""
+
+    def __init__(self, plan: BatchPlan, first: int, last: int):
+        self.plan, self.first, self.last = plan, first, last
+
+    def __iter__(self):
+        for step in range(self.first, self.last):
+            yield from self.plan.micro_batches(step)
+
+    def __len__(self) -> int:
+        return (self.last - self.first) * self.plan.local_accum
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every random number generator the loop touches (dropout, workers, anything user code seeds)."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file beside `path`, fsync, then rename: the old file stays whole until then."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A `save_checkpoint` file, read with weights_only=True (tensors and plain containers only)."""
+    if not path.is_file():
+        raise TrainError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:                                                   # truncated, not a torch file
+        raise TrainError(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("version") != 1:
+        raise TrainError(f"{path}: not a train.py checkpoint (no version 1 header)")
+    return state
+
+
+# --- activation checkpointing ----------------------------------------------------------------------
+
+def checkpoint_blocks(llm) -> None:
+    """Recompute each LLaMA block's activations in the backward pass instead of storing them
+    (`torch.utils.checkpoint`): memory ~ one block's activations, for one extra forward. Wraps each
+    block's `forward` from outside; the RNG state is replayed, so LoRA dropout masks match."""
+    for block in llm.layers:
+        inner = block.forward
+
+        def forward(*args, _inner=inner):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False)
+            return _inner(*args)
+        block.forward = forward
+
+
+# --- distributed -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a torchrun job (rank 0 of 1 without one)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_available():
+        raise TrainError("torch.distributed: not available in this build of torch")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), world, local)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+@dataclass
+class LoopConfig:
+    """Everything `fit` needs besides the model and the data."""
+    out: Path
+    lr: float
+    epochs: int
+    batch_size: int
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_steps: int | None = None        # stop after this step; the schedule still spans all epochs
+    save_every: int = 100
+    device: str = "cpu"
+    bf16: bool = False                  # autocast to bfloat16 (CUDA)
+    num_workers: int = 0
+    progress: bool = True
+    find_unused_parameters: bool = False   # DDP: some micro-batches leave trainable parameters unused
+    signature: dict = field(default_factory=dict)   # settings a resume must repeat exactly
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Keep the log lines of steps ≤ `step` (those after the checkpoint will be redone)."""
+    if log.exists():
+        lines = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        log.write_text("".join(line + "\n" for line in lines))
+
+
+def restore(ckpt: Path, model, optimizer, plan: BatchPlan, signature: dict, world: Dist) -> int:
+    """Load last.pt into the model's trainable tensors, AdamW and this rank's RNGs; return its step."""
+    state = load_checkpoint(ckpt)
+    for key, value in signature.items():
+        if state["signature"].get(key) != value:
+            raise TrainError(f"{ckpt}: written with {key}={state['signature'].get(key)!r}, now {value!r}; "
+                             "resume with the settings of the run")
+    if set(state["trainable"]) != set(model.trainable_state_dict()):
+        raise TrainError(f"{ckpt}: its tensors do not match this model's trainable parts")
+    if (state["epoch"], state["index"]) != plan.position(state["step"]):
+        raise TrainError(f"{ckpt}: data position {state['epoch']}/{state['index']} does not match the data")
+    model.load_state_dict(state["trainable"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"][world.rank])
+    return state["step"]
+
+
+def save_state(ckpt: Path, step: int, model, optimizer, plan: BatchPlan, schedule: dict, signature: dict,
+               world: Dist) -> None:
+    """Write last.pt (rank 0) with the RNG states of every rank."""
+    states = [None] * world.world_size
+    if world.world_size > 1:
+        dist.all_gather_object(states, rng_state())
+    else:
+        states = [rng_state()]
+    if world.main:
+        epoch, index = plan.position(step)
+        trainable = {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
+        save_checkpoint(ckpt, {"version": 1, "step": step, "epoch": epoch, "index": index, "trainable": trainable,
+                               "optimizer": optimizer.state_dict(), "scheduler": schedule, "rng": states,
+                               "signature": signature})
+    if world.world_size > 1:
+        dist.barrier()
+
+
+def accumulate(net, loader, plan: BatchPlan, cfg: LoopConfig, world: Dist) -> tuple[float, int]:
+    """Forward and backward over this rank's micro-batches of one step, gradients summed as (1/A) Σ ∇L_m.
+    Returns the step's mean loss and token count over all ranks."""
+    totals = torch.zeros(2, dtype=torch.float64)                              # Σ micro-batch losses, tokens
+    for m in range(plan.local_accum):
+        batch = next(loader)
+        if batch is None:                                                      # every example failed to load
+            if world.world_size > 1:
+                raise TrainError(f"{cfg.out}: no example of a micro-batch could be loaded")
+            continue                                                           # (counts as a zero gradient)
+        batch = {k: v.to(cfg.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        last = m == plan.local_accum - 1
+        with (nullcontext() if last or world.world_size == 1 else net.no_sync()), \
+                (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()):
+            # Right padding needs no attention mask: causal attention never lets a real token see the
+            # padding after it, and padded positions carry no label (−100).
+            _, loss = net(batch["input_ids"], batch["labels"], video_slots=batch["video_slots"],
+                          videos=batch["videos"], features=batch["features"])
+        (loss / plan.local_accum).backward()                                   # DDP all-reduces on the last
+        totals += torch.tensor([loss.item(), batch["attention_mask"].sum().item()], dtype=torch.float64)
+    if world.world_size > 1:
+        totals = totals.to(cfg.device)                                         # NCCL reduces GPU tensors
+        dist.all_reduce(totals)
+    return totals[0].item() / plan.grad_accum, int(totals[1].item())
+
+
+def fit(model, dataset, pad_id: int, cfg: LoopConfig, world: Dist = Dist(), resume: bool = False) -> dict:
+    """Train `model`'s trainable parameters on `dataset` (a ConversationDataset); see the module docstring.
+
+    Writes cfg.out/log.jsonl (one line per optimiser step), cfg.out/last.pt (every `save_every` steps and
+    at the end). A non-finite loss or gradient stops with a TrainError, leaving last.pt as it was.
+    Returns {"step", "total_steps", "loss"}.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = make_optimizer(named, cfg.lr, cfg.weight_decay)
+    plan = BatchPlan(len(dataset), cfg.batch_size, cfg.grad_accum, world.world_size, world.rank, cfg.seed)
+    total = plan.steps_per_epoch * cfg.epochs
+    stop = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+    schedule = {"peak": cfg.lr, "warmup": cfg.warmup_steps, "total": total, "final_ratio": 0.1}
+    ckpt, log = cfg.out / "last.pt", cfg.out / "log.jsonl"
+    if resume:
+        step = restore(ckpt, model, optimizer, plan, cfg.signature, world)
+        if world.main:
+            _truncate_log(log, step)
+    else:
+        if ckpt.exists():
+            raise TrainError(f"{ckpt}: a run is already here; pass --resume to continue it, or choose another --out")
+        step, seed = 0, cfg.seed + world.rank                                 # dropout differs per rank
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        if world.main:
+            log.unlink(missing_ok=True)
+    net = model if world.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[world.local_rank] if cfg.device.startswith("cuda") else None,
+        find_unused_parameters=cfg.find_unused_parameters)
+    loader = iter(torch.utils.data.DataLoader(                               # its own generator: creating
+        dataset, batch_sampler=PlanSampler(plan, step, stop), num_workers=cfg.num_workers,  # the iterator
+        collate_fn=functools.partial(collate, pad_id=pad_id),                # must not draw from the global
+        generator=torch.Generator().manual_seed(cfg.seed + step)))           # RNG that dropout replays
+    bar = tqdm(total=stop, initial=step, desc="train", disable=not (cfg.progress and world.main), dynamic_ncols=True)
+    started, seen_tokens, loss = time.time(), 0, float("nan")
+    model.train()
+    while step < stop:
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, tokens = accumulate(net, loader, plan, cfg, world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            bar.close()
+            kept = f"{ckpt} (step {load_checkpoint(ckpt)['step']})" if ckpt.exists() else "none written yet"
+            raise TrainError(f"{cfg.out}: loss {loss}, gradient norm {grad_norm} at step {step + 1}; stopped. "
+                             f"Last good checkpoint: {kept}. Try a lower --lr or --grad-clip")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, seen_tokens, elapsed = step + 1, seen_tokens + tokens, time.time() - started
+        if world.main:
+            with log.open("a") as f:
+                f.write(json.dumps({"step": step, "epoch": plan.position(step - 1)[0], "loss": loss, "lr": lr,
+                                    "grad_norm": grad_norm, "tokens": tokens, "elapsed_s": round(elapsed, 3)}) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == stop:
+            save_state(ckpt, step, model, optimizer, plan, schedule, cfg.signature, world)
+    bar.close()
+    return {"step": step, "total_steps": total, "loss": loss}
