@@ -163,7 +163,8 @@ class GPT4Video(nn.Module):
             if not f.is_file():
                 raise CheckpointError(f"{f}: missing (not a GPT4Video checkpoint directory)")
         meta = json.loads(meta_file.read_text())
-        model = cls(G4VConfig.from_dict(meta["config"]))
+        with torch.device("meta"):                      # no random 7B copy: every tensor comes from a file
+            model = cls(G4VConfig.from_dict(meta["config"]))
         model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
         model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
         if meta.get("lora"):
@@ -175,5 +176,9 @@ class GPT4Video(nn.Module):
         if missing or unexpected or wrong:
             raise CheckpointError(f"{tensor_file}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                                   f"wrong shape {wrong[:5]}")
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=False, assign=True)   # materialises the abstractor
+        still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
+        if still_meta:
+            raise CheckpointError(f"{tensor_file}: not initialised after loading: {still_meta[:5]}")
+        model.requires_grad_(False)                      # inference; `set_stage` picks what trains
         return model.eval()
