@@ -95,6 +95,8 @@ def _first_line(e: Exception) -> str:
 def read_config(path: str | Path) -> dict | None:
     """`config.json` next to (or inside) a checkpoint path, or None when there is none."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
     cfg = (path if path.is_dir() else path.parent) / "config.json"
     if not cfg.is_file():
         return None

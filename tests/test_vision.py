@@ -261,3 +261,10 @@ def test_preprocess_accepts_torch_and_refuses_bad_frames():
     for bad in (frames.astype(np.float32), frames[0], frames[..., :2], frames[:, :0]):
         with pytest.raises(ValueError, match=r"expected uint8 frames \(T, H, W, 3\)"):
             preprocess(bad, 28)
+
+
+def test_a_missing_path_is_named(tmp_path):
+    from nanog4v.weights import CheckpointError, load_llama, load_vision
+    for load in (load_vision, load_llama):
+        with pytest.raises(CheckpointError, match=r"absent: no such file or directory"):
+            load(tmp_path / "absent")
