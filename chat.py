@@ -1,7 +1,280 @@
-"""Talk to GPT4Video about a video, and get videos back."""
+"""Talk to GPT4Video about videos, and get videos back (paper §3.4–3.5).
+
+    python chat.py --video examples/toy_clip.mp4                        # interactive, streams the reply
+    python chat.py --video clip.mp4 --prompt "..." [--prompt "..."] [--json]   # one-shot, one turn each
+        [--preset nano|7b] [--ckpt DIR] [--t2v toy|zeroscope|none] [--t2v-path DIR] [--out DIR]
+        [--frames T] [--max-new-tokens N] [--temperature X] [--top-p P] [--seed S] [--device cpu|cuda|mps]
+
+In the interactive session: `/video PATH` attaches another video, `/reset` forgets the conversation,
+`/quit` (or end of input) leaves. Every `<video> … </video>` prompt in a reply is checked and handed to
+the text-to-video generator; the mp4 goes to --out (created when the first video is written).
+`--json` prints one object per turn: {"reply", "videos", "refused", "refusal_stage", "prompts", "errors"}.
+
+The checkpoint (--ckpt, default weights/<preset>) has one layout for every preset (nanog4v/assistant.py):
+tokenizer.model, vision/ (CLIP, transformers layout), llama/ (Hugging Face layout), stage2/ (or stage1/)
+as train.py writes them, and optionally safety_checker/ (a Stable Diffusion safety checker). For 7b,
+link the official weights in: vision -> clip-vit-large-patch14, llama -> llama-7b, tokenizer.model ->
+llama-7b/tokenizer.model (see weights/README.md). The generator defaults to the toy renderer for nano
+and to ZeroScope (--t2v-path, default weights/zeroscope_v2_576w) for 7b.
+
+Safety (nanog4v/safety.py): the input-text lexicon pre-check (off with --no-lexicon), the model's own
+refusals, the input-video concept check (off with --no-video-check) and the output-prompt check.
+Flagged checks are logged on stderr with their stage; --verbose logs every check and the timing.
+
+Bad input (a missing or broken video, a wrong checkpoint directory, missing generator weights) prints
+`error: <file>: <problem>` and exits with status 2 before anything is written. A generator failure
+during a turn keeps the text reply, reports `error: ...` and makes a one-shot run exit with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_T2V = {"nano": "toy", "test": "toy", "7b": "zeroscope"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="chat.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--video", action="append", default=[], help="a video to talk about (repeatable)")
+    p.add_argument("--prompt", action="append", default=[], help="one-shot: a user turn (repeatable); no REPL")
+    p.add_argument("--json", action="store_true", help="print one JSON object per turn instead of text")
+    p.add_argument("--preset", default="nano", choices=sorted(DEFAULT_T2V), help="nano (default) or 7b")
+    p.add_argument("--ckpt", type=Path, help="checkpoint directory (default weights/<preset>)")
+    p.add_argument("--frames", type=int, help="T, frames per input video (default: the checkpoint's)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
+    p.add_argument("--t2v", choices=["toy", "zeroscope", "none"], help="video generator (default: by preset)")
+    p.add_argument("--t2v-path", type=Path, help="diffusers pipeline directory for --t2v zeroscope")
+    p.add_argument("--t2v-frames", type=int, help="frames per generated video (toy 8, zeroscope 24)")
+    p.add_argument("--t2v-steps", type=int, default=40, help="zeroscope denoising steps")
+    p.add_argument("--t2v-size", default="576x320", help="zeroscope WIDTHxHEIGHT")
+    p.add_argument("--cpu-offload", action="store_true", help="zeroscope: model CPU offload (saves GPU memory)")
+    p.add_argument("--vae-slicing", action="store_true", help="zeroscope: decode frame by frame")
+    p.add_argument("--out", type=Path, default=Path("chat_videos"), help="where generated mp4s go")
+    p.add_argument("--safety-checker", type=Path, help="a StableDiffusionSafetyChecker directory")
+    p.add_argument("--no-lexicon", action="store_true", help="turn the input-text lexicon pre-check off")
+    p.add_argument("--no-video-check", action="store_true", help="turn the input-video check off")
+    p.add_argument("--verbose", action="store_true", help="log every safety check and the timing on stderr")
+    return p.parse_args(argv)
+
+
+class Fail(Exception):
+    """Bad input: main prints "error: {message}" and exits with status 2."""
+
+
+def check_args(args) -> None:
+    """Everything that can be checked before torch is imported: numbers, files, directories."""
+    from nanog4v.t2v import T2VError, check_pipeline_dir
+    from nanog4v.video import VideoError, sample_frames
+    bad = [(args.frames is not None and args.frames < 1, "--frames must be >= 1"),
+           (args.max_new_tokens < 1, "--max-new-tokens must be >= 1"),
+           (args.temperature < 0, "--temperature must be >= 0"), (not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+           (args.t2v_frames is not None and args.t2v_frames < 1, "--t2v-frames must be >= 1"),
+           (args.t2v_steps < 1, "--t2v-steps must be >= 1")]
+    for wrong, message in bad:
+        if wrong:
+            raise Fail(f"chat.py: {message}")
+    try:
+        args.t2v_width, args.t2v_height = (int(v) for v in args.t2v_size.lower().split("x"))
+    except ValueError:
+        raise Fail(f"chat.py: --t2v-size {args.t2v_size!r}: expected WIDTHxHEIGHT, e.g. 576x320") from None
+    for path in args.video:
+        try:
+            sample_frames(path, 1)
+        except VideoError as e:
+            raise Fail(str(e)) from None
+    args.ckpt = args.ckpt or ROOT / "weights" / args.preset
+    if not args.ckpt.is_dir():
+        hint = " (the nano checkpoint is made by python train.py --preset nano --stage all)" if args.preset == "nano" else ""
+        raise Fail(f"{args.ckpt}: no such checkpoint directory{hint}")
+    args.t2v = args.t2v or DEFAULT_T2V[args.preset]
+    if args.t2v == "zeroscope":
+        args.t2v_path = args.t2v_path or ROOT / "weights" / "zeroscope_v2_576w"
+        try:
+            check_pipeline_dir(args.t2v_path)
+        except T2VError as e:
+            raise Fail(str(e)) from None
+    if args.safety_checker is not None and not args.safety_checker.is_dir():
+        raise Fail(f"{args.safety_checker}: no such safety-checker directory")
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available() or requested == "mps" and not torch.backends.mps.is_available():
+        raise Fail(f"chat.py: --device {requested}: not available on this machine")
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def build(args, log):
+    """Model, tokenizer, safety checks and generator → an Assistant; raises Fail on bad input."""
+    import dataclasses
+
+    import torch
+
+    from nanog4v.assistant import Assistant, ChatError, load_chat_model
+    from nanog4v.generate import SamplingConfig
+    from nanog4v.safety import ConceptChecker, Lexicon, Safety, VideoChecker, toy_hazard_checker
+    from nanog4v.t2v import T2VError, load_generator
+    from nanog4v.tokenizer import TokenizerError
+    from nanog4v.weights import CheckpointError
+
+    device = pick_device(args.device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        model, tokenizer = load_chat_model(args.ckpt, device, dtype, log=log)
+        if args.frames and args.frames != model.cfg.num_frames:
+            if model.cfg.abstractor.variant == "paper":       # its temporal embeddings are per frame
+                raise ChatError(f"{args.ckpt}: trained with {model.cfg.num_frames} frames per video; "
+                                f"--frames {args.frames} needs the official abstractor variant")
+            model.cfg = dataclasses.replace(model.cfg, num_frames=args.frames)
+        checker_dir = args.safety_checker or (args.ckpt / "safety_checker")
+        video_check, note = None, "off (--no-video-check)"
+        if not args.no_video_check:
+            if checker_dir.is_dir():
+                frame_checker, note = ConceptChecker.from_pretrained(checker_dir, device, dtype), f"{checker_dir}"
+            elif args.preset == "7b":
+                frame_checker, note = None, f"off: no safety checker at {checker_dir}"
+                print(f"warning: the input-video check is {note} (see weights/README.md)", file=sys.stderr)
+            else:
+                frame_checker, note = toy_hazard_checker(model.vision, device)
+            video_check = VideoChecker(frame_checker) if frame_checker is not None else None
+        log(f"input-video check: {note}")
+        options = {}
+        if args.t2v == "zeroscope":
+            options = dict(width=args.t2v_width, height=args.t2v_height, steps=args.t2v_steps,
+                           cpu_offload=args.cpu_offload, vae_slicing=args.vae_slicing)
+        generator = None if args.t2v == "none" else load_generator(args.t2v, args.t2v_path, device, **options)
+    except (ChatError, CheckpointError, TokenizerError, T2VError) as e:
+        raise Fail(str(e)) from None
+    safety = Safety(lexicon=None if args.no_lexicon else Lexicon(), video=video_check, toy_concepts=args.t2v == "toy")
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              seed=args.seed)
+    return Assistant(model, tokenizer, sampling=sampling, safety=safety, generator=generator, out_dir=args.out,
+                     t2v_frames=args.t2v_frames, device=device, log=log)
+
+
+def show(result, args, streamed: bool) -> None:
+    """Print one turn: its JSON object, or the reply (if not streamed already) and its notes."""
+    if args.json:
+        print(json.dumps(result.to_json()), flush=True)
+    else:
+        if not streamed:
+            print(result.reply, end="")
+        print(flush=True)
+        for note in result.notes:
+            print(f"  [{note}]", flush=True)
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    if args.verbose and result.new_tokens:
+        print(f"timing: {result.new_tokens} tokens in {result.seconds:.2f} s "
+              f"({1000 * result.seconds / result.new_tokens:.1f} ms/token)", file=sys.stderr, flush=True)
+
+
+class Streamer:
+    """Prints the reply as it arrives, holding back trailing white space (the reply's final newline)."""
+
+    def __init__(self):
+        self.held = ""
+
+    def __call__(self, piece: str) -> None:
+        text = self.held + piece
+        body = text.rstrip()
+        self.held = text[len(body):]
+        if body:
+            print(body, end="", flush=True)
+
+
+def turn(assistant, text: str, args, echo: bool = False) -> bool:
+    """One user message → printed reply; True if it had errors."""
+    if not args.json:
+        if echo:
+            print(f"you> {text}")
+        print("gpt4video> ", end="", flush=True)
+    on_text = None if args.json else Streamer()
+    result = assistant.ask(text, on_text=on_text)
+    show(result, args, streamed=on_text is not None)
+    return bool(result.errors)
+
+
+def repl(assistant, args) -> int:
+    from nanog4v.video import VideoError
+    interactive = sys.stdin.isatty()
+    if not args.json:
+        print(f"GPT4Video ({args.preset}); videos: {', '.join(assistant.videos) or 'none'}. "
+              "Type a message, or /video PATH, /reset, /quit.", flush=True)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if not interactive and not args.json and line.startswith("/"):
+            print(f"you> {line}")
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            assistant.reset()
+            print("(conversation forgotten)", flush=True)
+        elif line.startswith("/video"):
+            path = line[len("/video"):].strip()
+            try:
+                attached = assistant.add_video(path) if path else None
+            except VideoError as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
+            if attached is None:
+                print("usage: /video PATH", flush=True)
+            else:
+                print(f"(attached {path})" if attached else f"(not attached: {path} was flagged by the "
+                      "input-video check)", flush=True)
+        elif line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; use /video PATH, /reset or /quit", flush=True)
+        else:
+            turn(assistant, line, args, echo=not interactive)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def log(item) -> None:
+        """Safety verdicts (nanog4v.safety.Verdict) when flagged, notes and warnings always; all with --verbose."""
+        if args.verbose or getattr(item, "flagged", False) or str(item).startswith(("note:", "warning:")):
+            print(item, file=sys.stderr, flush=True)
+
+    try:
+        check_args(args)
+        assistant = build(args, log)
+        from nanog4v.video import VideoError
+        for path in args.video:
+            try:
+                assistant.add_video(path)
+            except VideoError as e:
+                raise Fail(str(e)) from None
+    except Fail as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.prompt:
+            errors = [turn(assistant, text, args, echo=True) for text in args.prompt]
+            return 1 if any(errors) else 0
+        return repl(assistant, args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
 
 if __name__ == "__main__":
-    print("error: chat.py: not implemented yet (see the chat issue); "
-          "for now try: python -m nanog4v.video CLIP --frames 8 --out sheet.png", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

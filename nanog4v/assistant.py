@@ -1,0 +1,300 @@
+"""The video assistant behind chat.py: checkpoint loading, the conversation, its trimming, the safety
+stages and the hand-off of `<video>` prompts to the text-to-video gallery (paper §3.4–3.5).
+
+One turn (`Assistant.ask`):
+
+    user text ──input-text check──▶ (refuse) or ──▶ prompt = template(history + text) with every video's
+    N soft tokens spliced in ──LLaMA (+LoRA), streamed──▶ reply ──is it a refusal?──▶ stage "model"
+    reply ──extract <video>/<videoK> prompts──▶ each: output-prompt check ──▶ generator ──▶ mp4
+
+An attached video (`add_video`) first passes the input-video check; a flagged one is *not* attached
+(the model never sees it) and the next turn is answered with a polite refusal (stage "input-video").
+
+**History trimming.** The template's prompt (system text, every turn, N placeholder tokens per video,
+"###AI:") plus `max_new_tokens` must fit the LLM's `max_seq_len`. When it does not, whole turns are
+dropped from the oldest on, except that the most recent video turn goes last (a question is usually
+about the latest clip). If the newest question alone still does not fit, the reply gets fewer new
+tokens; if not even one fits, the turn is answered with an error message.
+
+**Checkpoint layout** (`load_chat_model`, the same for every preset; train.py writes the nano one):
+
+    CKPT/tokenizer.model   SentencePiece model
+    CKPT/vision/           CLIP vision tower, transformers layout (official CLIP ViT-L/14 for 7b)
+    CKPT/llama/            LLaMA, Hugging Face layout (LLaMA-7B for 7b)
+    CKPT/stage2/           GPT4Video.save_pretrained of stage 2 (abstractor + LoRA); CKPT/stage1/ is used
+                           when there is no stage2/ (the model then has no instruction tuning)
+    CKPT/safety_checker/   optional: a StableDiffusionSafetyChecker directory, the input-video check for
+                           real videos (without it: the toy hazard check for nano, none for 7b)
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import t2v
+from .data import STOP_STRINGS, clean_reply, prompt_for_reply
+from .generate import SamplingConfig, stream
+from .inference import prompt_embeddings, video_tokens
+from .lora import merge_lora
+from .model import GPT4Video
+from .safety import REFUSALS, Safety, Verdict
+from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
+from .toydata import is_refusal
+from .weights import CheckpointError
+
+
+class ChatError(ValueError):
+    """Input chat.py cannot use; the message is one line, "{file}: {problem}"."""
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+def load_chat_model(ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    log=lambda message: None) -> tuple[GPT4Video, Tokenizer]:
+    """(model in eval mode on `device`, tokenizer) from a checkpoint directory in the layout above."""
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise ChatError(f"{ckpt}: no such checkpoint directory (expected tokenizer.model, vision/, llama/, "
+                        "stage2/; see chat.py --help)")
+    stage = ckpt / "stage2" if (ckpt / "stage2").is_dir() else ckpt / "stage1"
+    for need in (ckpt / "tokenizer.model", ckpt / "vision", ckpt / "llama", stage):
+        if not need.exists():
+            raise ChatError(f"{need}: missing (not a chat checkpoint directory: {ckpt} needs tokenizer.model, "
+                            "vision/, llama/ and stage2/ or stage1/)")
+    if stage.name == "stage1":
+        log(f"note: {ckpt} has no stage2/; using the stage-1 model (no instruction tuning)")
+    tokenizer = Tokenizer(ckpt / "tokenizer.model")
+    model = GPT4Video.from_pretrained(stage, vision_path=ckpt / "vision", llama_path=ckpt / "llama", dtype=dtype)
+    if tokenizer.vocab_size > model.llm.cfg.vocab_size:
+        raise CheckpointError(f"{ckpt / 'tokenizer.model'}: {tokenizer.vocab_size} pieces, but the LLaMA in "
+                              f"{ckpt / 'llama'} has {model.llm.cfg.vocab_size} embeddings")
+    if model.has_lora:
+        merge_lora(model.llm)        # W ← W + (α/r)·B A: inference pays one matmul per projection, not three
+    return model.to(device).eval(), tokenizer
+
+
+# --- the hand-off: <video> prompts in a reply -----------------------------------------------------------
+
+_TAG = re.compile(r"<(/?)video(\d*)>", re.IGNORECASE)
+
+
+@dataclass
+class VideoPrompt:
+    """One prompt the model wrote: its text, K of `<videoK>` (None for `<video>`), whether a closing tag
+    ended it (False: the end of the reply or the next opening tag did), and its span in the reply."""
+    text: str
+    k: int | None = None
+    closed: bool = True
+    span: tuple[int, int] = (0, 0)
+
+
+def extract_video_prompts(reply: str) -> list[VideoPrompt]:
+    """Every `<video> … </video>` / `<videoK> … </videoK>` prompt of a reply, in order.
+
+    Read left to right: an opening tag starts a prompt; any closing tag ends the open one (a mismatched
+    number is forgiven); an opening tag while one is open ends that one and starts the next (so nested
+    tags give the outer and inner texts as separate prompts, never a tag inside a prompt); a prompt still
+    open at the end of the reply runs to the end (`closed=False`: e.g. cut by max_new_tokens). Closing
+    tags with nothing open are ignored; empty prompts are dropped; white space is collapsed.
+    """
+    prompts: list[VideoPrompt] = []
+    opened = None                                          # the open tag's match
+
+    def close(end: int, span_end: int, closed: bool) -> None:
+        text = " ".join(reply[opened.end():end].split())
+        if text:
+            k = int(opened.group(2)) if opened.group(2) else None
+            prompts.append(VideoPrompt(text, k, closed, (opened.start(), span_end)))
+
+    for m in _TAG.finditer(reply):
+        closing = m.group(1) == "/"
+        if opened is not None:
+            close(m.start(), m.end() if closing else m.start(), closed=closing)
+            opened = None
+        if not closing:
+            opened = m
+    if opened is not None:
+        close(len(reply), len(reply), closed=False)
+    return prompts
+
+
+def remove_video_prompts(reply: str, prompts: list[VideoPrompt]) -> str:
+    """The reply without the given prompts (tags included), white space tidied."""
+    for p in sorted(prompts, key=lambda p: p.span[0], reverse=True):
+        reply = reply[:p.span[0]] + " " + reply[p.span[1]:]
+    return " ".join(reply.split())
+
+
+# --- the session ----------------------------------------------------------------------------------------
+
+@dataclass
+class TurnResult:
+    """What one turn produced; `to_json` is the --json object of DESIGN.md §4 (plus prompts and errors)."""
+    reply: str
+    videos: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    refused: bool = False
+    refusal_stage: str | None = None
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # what to show after the streamed reply
+    new_tokens: int = 0                                 # generated tokens, and the seconds they took
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"reply": self.reply, "videos": self.videos, "refused": self.refused,
+                "refusal_stage": self.refusal_stage, "prompts": self.prompts, "errors": self.errors}
+
+
+class Assistant:
+    """A multi-turn conversation with GPT4Video (see the module docstring)."""
+
+    def __init__(self, model: GPT4Video, tokenizer: Tokenizer, *, sampling: SamplingConfig = SamplingConfig(),
+                 safety: Safety | None = None, generator=None, out_dir: str | Path = "chat_videos",
+                 t2v_frames: int | None = None, device: str = "cpu", log=lambda item: None):
+        self.model, self.tokenizer, self.device, self.log = model, tokenizer, device, log
+        self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
+        self.safety, self.generator = safety or Safety(), generator
+        self.out_dir, self.t2v_frames = Path(out_dir), t2v_frames
+        self.turn_count = 0                      # turns answered since the start (names the mp4 files)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation and its videos (generated files stay)."""
+        self.videos: list[str] = []
+        self.tokens: list[torch.Tensor] = []     # F_video (N, d) of each attached video
+        self.turns: list[dict] = []
+        self.pending_refusal: str | None = None
+
+    # --- input --------------------------------------------------------------------------------------
+    def add_video(self, path: str | Path) -> bool:
+        """Check and attach a video (its N tokens join the next prompt). Raises VideoError for a file
+        that cannot be read; returns False when the input-video check flagged it (not attached)."""
+        verdict = self.safety.check_video(path)
+        self.log(verdict)
+        if verdict.flagged:
+            self.pending_refusal = "input-video"
+            return False
+        with torch.no_grad():
+            self.tokens.append(video_tokens(self.model, [str(path)], device=self.device)[0])   # (N, d)
+        self.videos.append(str(path))
+        self.turns.append({"from": "human", "video": len(self.videos) - 1})
+        return True
+
+    def ask(self, text: str, on_text=None) -> TurnResult:
+        """Answer one user message. `on_text(piece)` receives the reply as it is generated."""
+        self.turn_count += 1
+        text = text.strip()
+        if not text:
+            return TurnResult("", errors=["chat: an empty message"])
+        if self.pending_refusal:                          # a flagged video was just offered
+            stage, self.pending_refusal = self.pending_refusal, None
+            return self._refuse(text, stage, on_text)
+        verdict = self.safety.check_text(text)
+        self.log(verdict)
+        if verdict.flagged:
+            return self._refuse(text, "input-text", on_text)
+        self.turns.append({"from": "human", "value": text})
+        budget = self._fit_history()
+        if budget < 1:
+            self.turns.pop()
+            return TurnResult("", errors=[f"chat: the message does not fit the context of "
+                                          f"{self.model.llm.cfg.max_seq_len} tokens"])
+        started = time.perf_counter()
+        try:
+            reply, n = self._generate(budget, on_text)
+        except TokenizerError as e:           # an id beyond the tokenizer (LLM vocab > tokenizer vocab)
+            self.turns.pop()
+            return TurnResult("", errors=[str(e)])
+        result = TurnResult(reply, new_tokens=n, seconds=time.perf_counter() - started)
+        if is_refusal(reply) and not extract_video_prompts(reply):
+            result.refused, result.refusal_stage = True, "model"
+            self.log(Verdict("model", True, "the reply is a refusal"))
+        else:
+            self._hand_off(result)
+        if result.reply:
+            self.turns.append({"from": "ai", "value": result.reply})
+        return result
+
+    def _refuse(self, text: str, stage: str, on_text) -> TurnResult:
+        reply = REFUSALS[stage]
+        if on_text is not None:
+            on_text(reply)
+        self.turns += [{"from": "human", "value": text}, {"from": "ai", "value": reply}]
+        return TurnResult(reply, refused=True, refusal_stage=stage)
+
+    # --- the context --------------------------------------------------------------------------------
+    def prompt_length(self, turns: list[dict] | None = None) -> int:
+        """Tokens of the prompt for the next reply, N per video slot included."""
+        conversation = {"videos": self.videos, "turns": self.turns if turns is None else turns}
+        return len(prompt_for_reply(self.tokenizer, conversation, self.model.num_video_tokens)["input_ids"])
+
+    def _fit_history(self) -> int:
+        """Drop the oldest turns until prompt + max_new_tokens fit; returns the new-token budget."""
+        limit, want = self.model.llm.cfg.max_seq_len, self.sampling.max_new_tokens
+        while len(self.turns) > 1 and self.prompt_length() + want > limit:
+            videos = [i for i, t in enumerate(self.turns) if "video" in t]
+            keep = videos[-1] if videos else None
+            drop = next((i for i in range(len(self.turns) - 1) if i != keep), None)
+            if drop is None:                 # only the latest video and the question are left
+                drop = 0
+            removed = self.turns.pop(drop)
+            self.log(f"context: dropped the oldest {'video' if 'video' in removed else removed['from']} turn")
+        return min(want, limit - self.prompt_length())
+
+    # --- generation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _generate(self, max_new_tokens: int, on_text) -> tuple[str, int]:
+        """The reply (streamed to `on_text` piece by piece) and how many tokens it took."""
+        conversation = {"videos": self.videos, "turns": self.turns}
+        tokens = torch.stack(self.tokens) if self.tokens else None                       # (V, N, d)
+        embeds = prompt_embeddings(self.model, self.tokenizer, conversation, tokens)      # (L, d)
+        seed = None if self.sampling.seed is None else self.sampling.seed + self.turn_count
+        cfg = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens, seed=seed)
+        decoder, ids = StreamDecoder(self.tokenizer), []
+        for token in stream(self.model.llm, embeds=embeds[None], cfg=cfg, eos_id=self.tokenizer.eos_id,
+                            tokenizer=self.tokenizer):
+            ids.append(token)
+            piece = decoder.push(token)
+            if piece and on_text is not None:
+                on_text(piece)
+        tail = decoder.flush()
+        if tail and on_text is not None:
+            on_text(tail)
+        return clean_reply(self.tokenizer.decode(ids)), len(ids)
+
+    # --- the hand-off -------------------------------------------------------------------------------
+    def _hand_off(self, result: TurnResult) -> None:
+        """Check and generate every prompt of `result.reply`; a flagged prompt is cut out of the reply and
+        replaced by a polite refusal; a generator failure is reported and leaves the text intact."""
+        flagged: list[VideoPrompt] = []
+        for j, prompt in enumerate(extract_video_prompts(result.reply), start=1):
+            result.prompts.append(prompt.text)
+            verdict = self.safety.check_prompt(prompt.text)
+            self.log(verdict)
+            if verdict.flagged:
+                flagged.append(prompt)
+                continue
+            if self.generator is None:
+                result.notes.append(f"video {j}: {prompt.text!r} (no generator: --t2v none)")
+                continue
+            path = self.out_dir / f"turn{self.turn_count:03d}_video{j}.mp4"
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                seed = None if self.sampling.seed is None else self.sampling.seed + 1000 * self.turn_count + j
+                t2v.save(self.generator, prompt.text, path, self.t2v_frames, seed)
+            except (t2v.T2VError, OSError) as e:
+                result.errors.append(str(e) if isinstance(e, t2v.T2VError) else f"{path}: {e.strerror or e}")
+                continue
+            result.videos.append(str(path))
+            result.notes.append(f"video {j}: {prompt.text!r} -> {path}")
+        if flagged:
+            result.refused, result.refusal_stage = True, "output-prompt"
+            kept = remove_video_prompts(result.reply, flagged)
+            result.reply = f"{kept} {REFUSALS['output-prompt']}".strip()
+            result.notes.append("not generated (flagged by the output-prompt check): "
+                                + ", ".join(repr(p.text) for p in flagged))
