@@ -1,5 +1,7 @@
 """Train GPT4Video, stage by stage (paper §3.3).
 
+    python train.py --preset nano --stage all --out weights/nano   # the whole nano recipe: world, stages 0, 1, 2
+    python train.py --stage 0 [--world DIR] [--out DIR]   # nano: tokenizer, ViT and LLaMA from the toy world
     python train.py --stage 1 [--preset nano|7b|test] [--data FILE ...] [--out DIR] [--resume] [--max-steps N]
     python train.py --stage 2 ...                         # LoRA on the dialogues, from the stage-1 model (--init)
     torchrun --nproc_per_node=K train.py --stage 2 ...    # data-parallel on K processes (NCCL on GPUs, gloo on CPU)
@@ -7,8 +9,12 @@
 **Stage 1** (video-text alignment): the ViT and LLaMA are frozen; the video abstractor and its
 projection learn on VideoChat-11k-style video QA. **Stage 2** (instruction tuning): everything is
 frozen except LoRA adapters on LLaMA's q_proj and v_proj, trained on GPT4Video-50k-style dialogues
-(text only) and the safety dialogues. Stage 0 — pretraining the nano preset's tokenizer, ViT and LLaMA
-on the toy world, the parts the paper takes as given — is not implemented yet (`--stage 0|all` say so).
+(text only) and the safety dialogues. **Stage 0** (nano and test presets only) makes what the paper
+takes as given — the tokenizer, the ViT and the LLaMA — from the toy world (nanog4v/stage0.py).
+`--stage all` runs everything into one --out: the toy world (OUT/toyworld, made if missing), stage 0
+(OUT/tokenizer.model, OUT/vision/, OUT/llama/), cached ViT features (OUT/features/), stage 1
+(OUT/stage1/) and stage 2 (OUT/stage2/). A stage whose summary is already in OUT is skipped, so the
+same command continues an interrupted run.
 
 Defaults come from the preset (`nanog4v/config.py`, `TrainConfig` per stage): `7b` uses the paper's
 settings (stage 1: lr 1e-4, 2 epochs; stage 2: lr 2e-5, 3 epochs). Every one can be overridden
@@ -20,7 +26,7 @@ Where things are, by default (paths relative to this file; stage 0 writes the na
     weights/nano/vision/              CLIP ViT, transformers layout (7b: weights/clip-vit-large-patch14/)
     weights/nano/llama/               LLaMA, Hugging Face layout    (7b: weights/llama-7b/)
     weights/nano/stage1/              the stage-1 model, the --init of stage 2
-    weights/nano/toyworld/            the toy world (python -m nanog4v.toyworld): stage 1 reads
+    weights/nano/toyworld/            the toy world (python -m nanog4v.toyworld; made when missing): stage 1 reads
                                       stage1_train.json, stage 2 stage2_train.jsonl + safety_train.jsonl;
                                       the end-of-stage check uses stage1_val.json / stage2_val.jsonl
     runs/<preset>-stage<k>/           --out (relative to the working directory)
@@ -57,6 +63,9 @@ from nanog4v.lora import save_lora
 from nanog4v.model import GPT4Video
 from nanog4v.tokenizer import Tokenizer, TokenizerError
 from nanog4v.inference import reply_accuracy
+from nanog4v import stage0
+from nanog4v.stage0 import Stage0Error
+from nanog4v.toydata import WorldError, write_world
 from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_records
 from nanog4v.weights import CheckpointError, load_llama, load_vision
 
@@ -86,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vision", type=Path, help="frozen CLIP ViT: directory or .safetensors")
     p.add_argument("--llama", type=Path, help="frozen LLaMA: Hugging Face directory")
     p.add_argument("--tokenizer", type=Path, help="SentencePiece tokenizer.model")
+    p.add_argument("--world", type=Path, help="toy world for --stage 0 (default: OUT/toyworld, made if missing)")
+    p.add_argument("--world-n", type=int, default=2000, help="clips in a toy world made by --stage 0|all")
     p.add_argument("--init", type=Path, help="start from this model's trainable parts (a stage-1 --out)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<preset>-stage<k>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -138,6 +149,8 @@ def resolve_paths(args, stage: int) -> dict:
         if path is None:
             raise TrainError(f"train.py: --{flag} is required with --preset {name}")
         paths[flag] = _need(Path(path), what, flag, name)
+    if name == "nano" and not args.data and not (WORLD / "world.json").is_file():
+        toy_world(WORLD, args.world_n, 0, args.quiet)        # not shipped: rendered from its seed (~1 min)
     data = args.data or defaults.get("data", {}).get(stage)
     if not data:
         raise TrainError(f"train.py: --data is required with --preset {name} (stage 1: VideoChat-11k JSON; "
@@ -235,11 +248,66 @@ def plot_losses(log: Path, png: Path, title: str) -> Path | None:
 
 # --- one stage ---------------------------------------------------------------------------------------
 
+def toy_world(path: Path, n: int, seed: int, quiet: bool) -> Path:
+    """The toy world at `path`, rendered first (python -m nanog4v.toyworld) if it is not complete."""
+    if not (path / "world.json").is_file():
+        if not quiet:
+            print(f"toy world: rendering {n} clips into {path}")
+        write_world(path, n=n, seed=seed, force=True, progress=not quiet)
+    return path
+
+
+def run_stage0(args) -> dict:
+    """--stage 0: the toy presets' tokenizer, ViT and LLaMA from the toy world, into --out."""
+    if args.preset == "7b":
+        raise TrainError("train.py: --stage 0 makes the nano preset's frozen parts; 7b starts from the official "
+                         "CLIP ViT-L/14 and LLaMA-7B (see weights/README.md)")
+    out = args.out or Path("runs") / f"{args.preset}-stage0"
+    world = toy_world(args.world or out / "toyworld", args.world_n, args.seed, args.quiet)
+    say = (lambda *a, **k: None) if args.quiet else print
+    return stage0.run_stage0(world, preset(args.preset), out, seed=args.seed, log=say)
+
+
+def run_all(args) -> dict:
+    """--stage all: toy world, stage 0, feature cache, stage 1 and stage 2, each skipped when done."""
+    per_stage = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "data", "val",
+                             "vision", "llama", "tokenizer", "features_dir", "resume") if getattr(args, k)]
+    if per_stage or args.preset == "7b":
+        raise TrainError(f"train.py: --stage all runs the toy presets with their own settings and paths; "
+                         f"run the stages one by one to set {', '.join('--' + k.replace('_', '-') for k in per_stage) or '--preset 7b'}")
+    out = args.out or Path("runs") / f"{args.preset}-all"
+    world = args.world = toy_world(args.world or out / "toyworld", args.world_n, args.seed, args.quiet)
+    if not (out / "stage0.json").is_file():
+        run_stage0(replace_args(args, out=out))
+    paths = dict(vision=out / "vision", llama=out / "llama", tokenizer=out / "tokenizer.model")
+    features = out / "features"
+    stage1_data = [world / "stage1_train.json", world / "stage1_val.json"]
+    from nanog4v.features import cache_features, unique_videos
+    cfg = preset(args.preset)
+    videos = unique_videos(read_records(stage1_data, None, True, log=lambda *a, **k: None))
+    cache_features(load_vision(paths["vision"]), videos, features, cfg.num_frames, progress=not args.quiet)
+    result = {}
+    for stage, data, val, init in [(1, stage1_data[:1], stage1_data[1:], None),
+                                   (2, [world / "stage2_train.jsonl", world / "safety_train.jsonl"],
+                                    [world / "stage2_val.jsonl"], out / "stage1")]:
+        if (out / f"stage{stage}" / "summary.json").is_file():
+            continue
+        resume = (out / f"stage{stage}" / "last.pt").is_file()
+        result = run(replace_args(args, stage=str(stage), data=data, val=val, init=init, out=out / f"stage{stage}",
+                                  features_dir=features if stage == 1 else None, resume=resume, **paths))
+    return result
+
+
+def replace_args(args, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def run(args) -> dict:
     """Train one stage as `args` say; returns {"model", "step", "total_steps", "loss", "eval"}."""
-    if args.stage in ("0", "all"):
-        raise TrainError("train.py: --stage 0 (pretraining the nano tokenizer, ViT and LLaMA on the toy world) "
-                         "is not implemented yet, nor --stage all; run --stage 1 or 2 on existing weights")
+    if args.stage == "0":
+        return run_stage0(args)
+    if args.stage == "all":
+        return run_all(args)
     stage, started = int(args.stage), time.time()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
@@ -311,7 +379,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (TrainError, DataError, CheckpointError, TokenizerError) as e:
+    except (TrainError, DataError, CheckpointError, TokenizerError, Stage0Error, WorldError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

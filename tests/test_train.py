@@ -341,7 +341,10 @@ def test_errors_name_the_file_and_say_what_to_do(world, stage1, tmp_path, capsys
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "last.pt").write_bytes(b"not a checkpoint")
     assert "not a readable checkpoint" in _error(capsys, [*args(world, tmp_path / "bad", 1), "--resume"])
-    assert "not implemented yet" in _error(capsys, [*base[:1], "0", *base[2:]])
+    assert "7b starts from the official" in _error(capsys, ["--stage", "0", "--preset", "7b"])
+    assert "run the stages one by one to set --lr" in _error(capsys, ["--stage", "all", "--lr", "1e-3"])
+    assert "need --n >= 10" in _error(capsys, ["--stage", "0", "--preset", "test", "--world-n", "5",
+                                               "--out", str(tmp_path / "s0")])
     if not (ROOT / "weights" / "clip-vit-large-patch14").exists():
         err = _error(capsys, ["--stage", "1", "--preset", "7b", "--data", str(world / "stage1.json")])
         assert "clip-vit-large-patch14: missing" in err and "weights/README.md" in err

@@ -1,0 +1,460 @@
+"""Stage 0 of the nano recipe: the parts GPT4Video takes as given, made from the toy world.
+
+The paper starts from three pretrained artefacts — LLaMA's SentencePiece tokenizer, CLIP's ViT-L/14 and
+LLaMA-7B — and trains only the abstractor (stage 1) and LoRA (stage 2). The nano preset makes small
+ones from a toy world (`python -m nanog4v.toyworld`, DESIGN.md §6) and writes them in the *official
+layouts*, so stages 1–2 load them through exactly the code the 7B weights take:
+
+    out_dir/tokenizer.model    SentencePiece BPE, LLaMA's settings           (tokenizer.Tokenizer)
+    out_dir/vision/            CLIP vision tower, transformers layout         (weights.load_vision)
+    out_dir/llama/             LlamaForCausalLM, transformers layout          (weights.load_llama)
+    out_dir/stage0.json        settings, losses, metrics and wall times
+
+**Tokenizer** (`train_tokenizer`). BPE on the world's corpus.txt with LLaMA's settings: byte fallback,
+identity normalisation, spaces kept, <unk> 0 / <s> 1 / </s> 2, no pad piece (data.py needs them to
+tokenise the template segment by segment). The template's fixed strings are *user-defined symbols*,
+one piece each: the system text (≈110 pieces otherwise, now 1 + "\\n"), "###Human:", "###AI:" and the
+video tags. Every example in stages 1–2 starts with the system text, so this shortens every sequence.
+A user cannot type these pieces: data.escape breaks "###" and human video tags before tokenisation.
+
+**ViT: attribute prediction** (`pretrain_vision`). CLIP learned its features contrastively from 400M
+image–caption pairs; with ~2k clips and exact ground truth, supervision is the short road to the same
+place. Each clip's T frames, sampled and preprocessed exactly as stage 1 samples them
+(video.sample_frames + vision.preprocess), go through the ViT one by one; each frame's pooled
+feature ln_post([CLS]) (CLIP's image embedding) is concatenated in time order, (T·D), and a linear
+head predicts the clip's multi-hot labels (scenes.jsonl: background, object count, each object's
+shape, colour, size and motion, both alone and bound to its position, "left:red"), trained with binary
+cross-entropy. Reading the frames in order lets the head see motion as change between frames, which
+pushes every frame's feature to say where and how big each object is; the position-bound labels make
+it bind colour and shape to a place. The head is thrown away: stage 1's abstractor reads all 1+P
+tokens of every frame. The hazard sign is one of the labels ("shape:hazard"), so its frames are
+recognisable; `stage0.json` reports how well a per-frame "hazard concept" direction (the mean
+embedding of hazard frames, as a safety checker would hold it) separates never-seen clips.
+
+**LLaMA: next-token pretraining on the toy text, rendered through the template** (`pretrain_llama`).
+The documents are the train split's dialogues (stage2_train, safety_train) and its stage-1 QA records
+with the clip *written as its caption*, `###Human: <video> a red circle … </video>`, laid out by the
+template (`data._layout`). So the LLM already knows the template, the toy language and how to answer a
+question about a clip it reads as words before stage 1 starts; stage 1 (LLM frozen) then teaches the
+abstractor to put the video where those words were. The documents are tokenised and labelled exactly
+as `encode_conversation(loss_on="ai")` does (Eq. 5: only the AI answers are targets) and packed whole
+into rows (`pack`: a question always shares its row with the caption it asks about). Training every
+token instead, as plain pretraining would, spends most of the gradient on the captions, which are
+random and cannot be predicted: on the nano world, 300 steps gave 41 % exact answers to val questions
+about captions with every token trained, 64 % with the answers only.
+
+Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
+val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import G4VConfig, VisionConfig
+from .data import AI, HUMAN, IGNORE, SYSTEM, _encode_parts, _layout, _Part
+from .generate import SamplingConfig, generate
+from .inference import normalize_answer
+from .llama import LLaMA
+from .readers import read_dialogues, read_safety, read_videochat
+from .tokenizer import Tokenizer
+from .trainer import lr_at, make_optimizer
+from .video import sample_frames
+from .vision import VisionTransformer, preprocess
+from .weights import CLIP_VISION_KEYS, CLIP_VISION_LAYER_KEYS, save_llama, write_checkpoint
+
+
+@dataclass(frozen=True)
+class Stage0Settings:
+    """How long and how hard stage 0 trains (defaults: the nano preset, a few minutes on 2 CPU cores)."""
+    vit_epochs: int = 6
+    vit_batch: int = 32                # clips per step (× T frames)
+    vit_lr: float = 1e-3
+    llama_epochs: int = 3
+    llama_batch: int = 16              # rows of packed documents per step
+    llama_block: int = 256             # tokens per row
+    llama_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05          # of each schedule's steps; then cosine to 10 %
+    eval_n: int = 64                   # val questions the LLaMA answers from captions (0: skip)
+
+
+PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset: a smoke run of seconds
+                   "test": Stage0Settings(vit_epochs=2, vit_batch=4, llama_epochs=1, llama_batch=4, llama_block=64,
+                                          eval_n=4)}
+
+
+class Stage0Error(ValueError):
+    """A toy-world directory stage 0 cannot use; the message names the file."""
+
+
+# --- tokenizer -----------------------------------------------------------------------------------
+
+VIDEO_TAGS = [f"<{slash}video{k}>" for k in ("", 1, 2, 3, 4) for slash in ("", "/")]
+TEMPLATE_SYMBOLS = ["\u2581" + SYSTEM.strip().replace(" ", "\u2581"), HUMAN, AI,
+                    *VIDEO_TAGS, *("\u2581" + tag for tag in VIDEO_TAGS)]   # "▁" = a space before
+
+
+def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
+    """SentencePiece BPE on `corpus` (a text file, one sentence a line) with LLaMA's settings and the
+    template's fixed strings as single pieces; writes `out_path` and returns it loaded."""
+    import sentencepiece as spm
+    corpus = Path(corpus)
+    if not corpus.is_file():
+        raise Stage0Error(f"{corpus}: no such corpus file (write the world with python -m nanog4v.toyworld)")
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, user_defined_symbols=TEMPLATE_SYMBOLS,
+        hard_vocab_limit=False, minloglevel=2)           # a small corpus may give fewer pieces: fine
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(model.getvalue())
+    return Tokenizer(out_path)
+
+
+# --- the ViT ---------------------------------------------------------------------------------------
+
+def read_world(world_dir) -> tuple[dict, list[dict]]:
+    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows."""
+    world_dir = Path(world_dir)
+    meta, scenes = world_dir / "world.json", world_dir / "scenes.jsonl"
+    if not meta.is_file():
+        raise Stage0Error(f"{meta}: missing (not a complete toy world; python -m nanog4v.toyworld --out DIR)")
+    try:
+        return json.loads(meta.read_text()), [json.loads(line) for line in scenes.read_text().splitlines() if line]
+    except (OSError, json.JSONDecodeError) as e:
+        raise Stage0Error(f"{scenes}: unreadable ({e})") from None
+
+
+def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
+    """Frames (N, T, H, W, 3) uint8, sampled as stage 1 samples them, and multi-hot labels (N, K)."""
+    index = {name: k for k, name in enumerate(label_names)}
+    frames = torch.stack([torch.from_numpy(sample_frames(Path(world_dir) / "videos" / f"{r['id']}.mp4", num_frames))
+                          for r in rows])                                       # (N, T, H, W, 3)
+    labels = torch.zeros(len(rows), len(label_names))                           # (N, K)
+    for i, r in enumerate(rows):
+        labels[i, [index[name] for name in r["labels"]]] = 1.0
+    return frames, labels
+
+
+def pooled(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (N, T, H, W, 3) → each frame's image embedding ln_post([CLS]), (N, T, D)."""
+    n = frames.shape[0]
+    pixels = preprocess(rearrange(frames, "n t h w c -> (n t) h w c"), vit.cfg.image_size)  # (N·T, 3, S, S)
+    cls = vit(pixels)[:, 0]                                                     # (N·T, D)
+    cls = cls if vit.cfg.post_layernorm_all_tokens else vit.ln_post(cls)        # CLIP's pooled output
+    return rearrange(cls, "(n t) d -> n t d", n=n)                              # (N, T, D)
+
+
+def attribute_accuracy(logits: torch.Tensor, rows: list[dict], label_names: list[str], vocab: dict) -> dict:
+    """Per field, how often the highest-scoring value is the true one: background and count per clip;
+    shape, colour, size and motion per object, read from the labels bound to its position."""
+    index = {name: k for k, name in enumerate(label_names)}
+    values = {"shape": [*vocab["shapes"], vocab["hazard"]["shape"]], "size": vocab["sizes"],
+              "colour": [*vocab["colours"], vocab["hazard"]["colour"]], "motion": vocab["motions"]}
+    right: dict[str, list[bool]] = {f: [] for f in ("background", "count", *values)}
+    exact = []
+    for row, z in zip(rows, logits):
+        best = lambda names: max(names, key=lambda name: z[index[name]].item())
+        scene, ok = row["scene"], []
+        ok.append(best([f"background:{b}" for b in vocab["backgrounds"]]) == f"background:{scene['background']}")
+        right["background"].append(ok[-1])
+        ok.append(best([f"count:{k}" for k in (1, 2, 3)]) == f"count:{len(scene['objects'])}")
+        right["count"].append(ok[-1])
+        for obj in scene["objects"]:
+            for field, vs in values.items():
+                ok.append(best([f"{obj['position']}:{v}" for v in vs]) == f"{obj['position']}:{obj[field]}")
+                right[field].append(ok[-1])
+        exact.append(all(ok))
+    out = {f: sum(r) / len(r) for f, r in right.items() if r}
+    return {**out, "mean": sum(out.values()) / len(out), "all_fields_of_clip": sum(exact) / len(exact)}
+
+
+def hazard_separation(train_emb, train_hazard, test_emb, test_hazard) -> dict:
+    """How well one "hazard concept" direction separates frames: the mean train hazard embedding,
+    cosine similarity, threshold halfway between the train hazard and non-hazard means; scored per
+    frame on the test clips. Embeddings (N, T, D), hazard flags (N,) bool."""
+    flat = lambda e: F.normalize(rearrange(e, "n t d -> (n t) d"), dim=-1)
+    per_frame = lambda h, e: h.repeat_interleave(e.shape[1])
+    tr, tr_h = flat(train_emb), per_frame(train_hazard, train_emb)
+    concept = F.normalize(tr[tr_h].mean(0), dim=0)                              # (D,)
+    cos = tr @ concept
+    threshold = (cos[tr_h].mean() + cos[~tr_h].mean()).item() / 2
+    te, te_h = flat(test_emb) @ concept, per_frame(test_hazard, test_emb)
+    flagged = te > threshold
+    return {"frame_accuracy": (flagged == te_h).float().mean().item(),
+            "recall": flagged[te_h].float().mean().item() if te_h.any() else None,
+            "false_positive_rate": flagged[~te_h].float().mean().item() if (~te_h).any() else None,
+            "threshold": threshold, "test_frames": len(te)}
+
+
+def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, settings: Stage0Settings = Stage0Settings(),
+                    *, seed: int = 0, log=print) -> tuple[VisionTransformer, dict]:
+    """Train a ViT on the world's train clips (attribute prediction, see the module docstring);
+    returns it in eval mode and {"losses", "val", "hazard", ...}."""
+    meta, scenes = read_world(world_dir)
+    names, vocab = meta["label_names"], meta["vocab"]
+    split = {s: [r for r in scenes if r["split"] == s] for s in ("train", "val", "heldout")}
+    if not split["train"]:
+        raise Stage0Error(f"{Path(world_dir) / 'scenes.jsonl'}: no train clips")
+    started = time.time()
+    data = {s: load_clips(world_dir, rows, names, num_frames) for s, rows in split.items() if rows}
+    log(f"stage 0 ViT: {len(split['train'])} train clips × {num_frames} frames "
+        f"(decoded in {time.time() - started:.1f}s)")
+    torch.manual_seed(seed)
+    vit = VisionTransformer(cfg)
+    head = nn.Linear(num_frames * cfg.dim, len(names))                          # thrown away afterwards
+    params = [(f"vit.{n}", p) for n, p in vit.named_parameters()] + [(f"head.{n}", p) for n, p in head.named_parameters()]
+    opt = make_optimizer(params, settings.vit_lr, settings.weight_decay)
+    frames, labels = data["train"]
+    per_epoch = max(1, len(frames) // settings.vit_batch)
+    total = per_epoch * settings.vit_epochs
+    warmup, g, losses, step = round(settings.warmup_frac * total), torch.Generator().manual_seed(seed), [], 0
+    vit.train()
+    for epoch in range(settings.vit_epochs):
+        order = torch.randperm(len(frames), generator=g)
+        for b in range(per_epoch):
+            idx = order[b * settings.vit_batch:(b + 1) * settings.vit_batch]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, settings.vit_lr, warmup, total)
+            feats = rearrange(pooled(vit, frames[idx]), "b t d -> b (t d)")     # (B, T·D)
+            loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx])  # head: (B, K)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            opt.step()
+            losses.append(round(loss.item(), 5))
+            step += 1
+        log(f"stage 0 ViT: epoch {epoch + 1}/{settings.vit_epochs}, loss {sum(losses[-per_epoch:]) / per_epoch:.4f}")
+    vit.eval()
+    metrics = {"steps": total, "losses": losses, "final_loss": sum(losses[-per_epoch:]) / per_epoch}
+    with torch.no_grad():
+        emb = {s: torch.cat([pooled(vit, f[i:i + 64]) for i in range(0, len(f), 64)]) for s, (f, _) in data.items()}
+        if "val" in data:
+            z = head(rearrange(emb["val"], "n t d -> n (t d)"))
+            metrics["val"] = {"loss": F.binary_cross_entropy_with_logits(z, data["val"][1]).item(),
+                              "accuracy": attribute_accuracy(z, split["val"], names, vocab), "clips": len(z)}
+        hazard = {s: torch.tensor([r["hazard"] for r in split[s]]) for s in data}
+        if "heldout" in data and hazard["train"].any() and hazard["heldout"].any():
+            metrics["hazard_heldout"] = hazard_separation(emb["train"], hazard["train"], emb["heldout"],
+                                                          hazard["heldout"])
+    return vit, metrics
+
+
+def save_vision(model: VisionTransformer, path, dtype: torch.dtype | None = None) -> Path:
+    """`model` as a transformers CLIPVisionModel directory (config.json + model.safetensors), the
+    inverse of `load_vision`'s key table. Keys carry the `vision_model.` prefix, which transformers 4.x
+    requires and 5.x accepts. dtype: the model's unless given."""
+    cfg = model.cfg
+    if cfg.post_layernorm_all_tokens:
+        raise ValueError("save_vision: post_layernorm_all_tokens is not a CLIP setting (mPLUG-Owl's ViT)")
+    ours_to_hf = {ours: hf for hf, ours in CLIP_VISION_KEYS.items()}
+    layer_to_hf = {ours: hf for hf, ours in CLIP_VISION_LAYER_KEYS.items()}
+
+    def hf_name(name: str) -> str:
+        if name.startswith("blocks."):
+            _, i, rest = name.split(".", 2)
+            module, leaf = rest.rsplit(".", 1)
+            return f"vision_model.encoder.layers.{i}.{layer_to_hf[module]}.{leaf}"
+        return f"vision_model.{ours_to_hf[name]}"
+
+    tensors = {hf_name(n): t.detach() for n, t in model.state_dict().items()}
+    dtype = dtype or next(model.parameters()).dtype
+    specs = {k: (tuple(t.shape), dtype) for k, t in tensors.items()}
+    hf = dict(architectures=["CLIPVisionModel"], model_type="clip_vision_model", hidden_size=cfg.dim,
+              intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+              num_channels=cfg.in_channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
+              layer_norm_eps=cfg.norm_eps, hidden_act=cfg.act, projection_dim=cfg.dim,
+              torch_dtype=str(dtype).removeprefix("torch."), dtype=str(dtype).removeprefix("torch."))
+    return write_checkpoint(path, hf, specs, tensors.__getitem__)
+
+
+# --- the LLaMA -----------------------------------------------------------------------------------
+
+def with_caption(record: dict, caption: str, for_reply: bool = False) -> list[_Part]:
+    """A stage-1 record's template parts with its video slot written as the clip's caption."""
+    return [_Part("text", f" {caption} ", p.turn) if p.kind == "slot" else p for p in _layout(record, for_reply)]
+
+
+def pretraining_documents(world_dir, split: str = "train") -> list[list[_Part]]:
+    """The split's toy text as template parts (see the module docstring), one list per record."""
+    world_dir = Path(world_dir)
+    files = {name: world_dir / name for name in (f"stage1_{split}.json", f"stage2_{split}.jsonl", f"safety_{split}.jsonl")}
+    for f in files.values():
+        if not f.is_file():
+            raise Stage0Error(f"{f}: missing (not a complete toy world)")
+    captions = {r["id"]: r["caption"] for r in read_world(world_dir)[1]}
+    docs = [with_caption(r, captions[Path(r["videos"][0]).stem])
+            for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)]
+    docs += [_layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
+    docs += [_layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
+    return docs
+
+
+def encode_document(tokenizer: Tokenizer, parts: list[_Part]) -> tuple[list[int], list[int]]:
+    """(ids, labels) exactly as encode_conversation(loss_on="ai") makes them: only the AI answers
+    and their </s> are targets (IGNORE elsewhere)."""
+    ids, labels = [tokenizer.bos_id], [IGNORE]
+    for part, part_ids in _encode_parts(tokenizer, parts, 0):
+        ids += part_ids
+        labels += part_ids if part.kind in ("answer", "eos") else [IGNORE] * len(part_ids)
+    return ids, labels
+
+
+def pack(docs: list[tuple[list[int], list[int]]], length: int, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """Whole (ids, labels) documents, shuffled, packed greedily into rows of at most `length` tokens.
+    A row starts at a document's <s>, so every question sits in the same row as the caption it asks
+    about (a random window of one long stream would often cut them apart). A longer one is cut."""
+    docs = rng.sample(docs, len(docs))
+    rows, row = [], ([], [])
+    for ids, labels in docs:
+        if row[0] and len(row[0]) + len(ids) > length:
+            rows.append(row)
+            row = ([], [])
+        row[0].extend(ids[:length])
+        row[1].extend(labels[:length])
+    return rows + [row] if row[0] else rows
+
+
+def lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows → inputs (B, L−1) and next-token targets (B, L−1), padding targeted IGNORE (−100)."""
+    L = max(len(ids) for ids, _ in rows)
+    x = torch.full((len(rows), L), pad_id, dtype=torch.long)                   # (B, L)
+    y = torch.full((len(rows), L), IGNORE, dtype=torch.long)                   # (B, L)
+    for i, (ids, labels) in enumerate(rows):
+        x[i, :len(ids)], y[i, :len(labels)] = torch.tensor(ids), torch.tensor(labels)
+    return x[:, :-1], y[:, 1:]                                                  # (B, L−1) each
+
+
+def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int) -> dict:
+    """Greedy answers to n val stage-1 questions with the clip given as its caption: the reading skill
+    stage 1 relies on (the frozen LLM must answer from what the abstractor puts in the slot)."""
+    captions = {r["id"]: r["caption"] for r in read_world(world_dir)[1]}
+    prompts, answers = [], []
+    for r in read_videochat(Path(world_dir) / "stage1_val.json", check_videos=False):
+        for j in range(2, len(r["turns"]), 2):                      # turns: video, (human, ai) × k
+            if len(prompts) < n and len(r["turns"][j]["value"].split()) <= 3:     # short answers only
+                head = {"videos": r["videos"], "turns": r["turns"][:j]}
+                parts = with_caption(head, captions[Path(r["videos"][0]).stem], for_reply=True)
+                prompts.append(encode_document(tokenizer, parts)[0])
+                answers.append(r["turns"][j]["value"])
+    if not prompts:
+        return {"accuracy": None, "n": 0}
+    model.eval()
+    with torch.no_grad():
+        out = generate(model, prompts, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                       cfg=SamplingConfig(max_new_tokens=8))
+    replies = [tokenizer.decode(ids).strip() for ids in out]
+    right = [normalize_answer(a) == normalize_answer(b) for a, b in zip(replies, answers)]
+    return {"accuracy": sum(right) / len(right), "n": len(right),
+            "examples": [{"answer": a, "reply": b} for a, b in zip(answers[:3], replies[:3])]}
+
+
+def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Settings = Stage0Settings(), *,
+                   seed: int = 0, log=print) -> tuple[LLaMA, dict]:
+    """Next-token pretraining on the toy text (see the module docstring); returns (model in eval mode,
+    {"losses", "val_loss", "caption_qa", ...})."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise Stage0Error(f"{tokenizer.path}: {tokenizer.vocab_size} pieces but the LLaMA has {cfg.vocab_size} embeddings")
+    started = time.time()
+    docs = {split: [encode_document(tokenizer, d) for d in pretraining_documents(world_dir, split)]
+            for split in ("train", "val")}
+    length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
+    rng = random.Random(seed)
+    rows = [pack(docs["train"], length, rng) for _ in range(settings.llama_epochs)]   # one list per epoch
+    b = settings.llama_batch
+    batches = [epoch[i:i + b] for epoch in rows for i in range(0, len(epoch), b)]
+    total, tokens = len(batches), sum(len(ids) for ids, _ in docs["train"])
+    log(f"stage 0 LLaMA: {len(docs['train'])} documents, {tokens:,} tokens (tokenised in {time.time() - started:.1f}s); "
+        f"{settings.llama_epochs} epochs of {len(rows[0])} rows ≤ {length} tokens = {total} steps")
+    torch.manual_seed(seed)
+    model = LLaMA(cfg)
+    opt = make_optimizer(model.named_parameters(), settings.llama_lr, settings.weight_decay)
+    warmup, losses = round(settings.warmup_frac * total), []
+    model.train()
+    for step, batch in enumerate(batches):
+        x, y = lm_batch(batch, tokenizer.pad_id)                                # (B, L−1) each
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings.llama_lr, warmup, total)
+        logits = model(x)                          # (B, L−1, V); causal: right padding is never attended
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(y, "b l -> (b l)"), ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 5))
+        if (step + 1) % max(1, total // 10) == 0:
+            log(f"stage 0 LLaMA: step {step + 1}/{total}, loss {loss.item():.4f}")
+    model.eval()
+    with torch.no_grad():                                  # val: its documents packed the same way
+        val_rows = pack(docs["val"], length, random.Random(seed))
+        nll = n = 0
+        for i in range(0, len(val_rows), b):
+            x, y = lm_batch(val_rows[i:i + b], tokenizer.pad_id)
+            nll += F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
+            n += (y != IGNORE).sum().item()
+    val_loss = nll / max(1, n)
+    k = max(1, total // 10)
+    metrics = {"steps": total, "train_tokens": tokens, "row_length": length, "losses": losses,
+               "final_loss": sum(losses[-k:]) / k, "val_loss": val_loss}
+    if settings.eval_n:
+        metrics["caption_qa"] = caption_qa_accuracy(model, tokenizer, world_dir, settings.eval_n)
+    return model, metrics
+
+
+# --- all of stage 0 --------------------------------------------------------------------------------
+
+def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
+               settings: Stage0Settings | None = None) -> dict:
+    """Tokenizer, ViT and LLaMA for `cfg` from the toy world in `world_dir`, written to `out_dir` (see
+    the module docstring). Returns {"tokenizer", "vision", "llama", "stage0_json": paths, "metrics"}."""
+    if cfg.name == "7b":
+        raise Stage0Error("stage 0 makes the toy presets' frozen parts; the 7b preset uses the official "
+                          "CLIP ViT-L/14 and LLaMA-7B (see weights/README.md)")
+    settings = settings or PRESET_SETTINGS.get(cfg.name, Stage0Settings())
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    read_world(world_dir)                                     # fail early on an incomplete world
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times, started = {}, time.time()
+    tokenizer = train_tokenizer(world_dir / "corpus.txt", out_dir / "tokenizer.model", cfg.llama.vocab_size)
+    system_pieces = len(tokenizer.encode(SYSTEM))
+    times["tokenizer_s"] = round(time.time() - started, 1)
+    log(f"stage 0 tokenizer: {tokenizer.vocab_size} pieces; the system text is {system_pieces} tokens")
+
+    t = time.time()
+    vit, vit_metrics = pretrain_vision(cfg.vision, world_dir, cfg.num_frames, settings, seed=seed, log=log)
+    save_vision(vit, out_dir / "vision")
+    times["vision_s"] = round(time.time() - t, 1)
+    if "val" in vit_metrics:
+        log(f"stage 0 ViT: val attribute accuracy {vit_metrics['val']['accuracy']['mean']:.3f} "
+            f"(all fields of a clip right: {vit_metrics['val']['accuracy']['all_fields_of_clip']:.3f})")
+
+    t = time.time()
+    llama_cfg = cfg.llama
+    llama, llama_metrics = pretrain_llama(llama_cfg, tokenizer, world_dir, settings, seed=seed, log=log)
+    save_llama(llama, out_dir / "llama")
+    times["llama_s"] = round(time.time() - t, 1)
+    log(f"stage 0 LLaMA: val loss {llama_metrics['val_loss']:.4f}"
+        + (f", caption QA accuracy {llama_metrics['caption_qa']['accuracy']:.3f}" if "caption_qa" in llama_metrics else ""))
+    times["total_s"] = round(time.time() - started, 1)
+
+    report = {"preset": cfg.name, "world": str(world_dir), "seed": seed, "settings": asdict(settings),
+              "dtype": "float32", "times": times,
+              "tokenizer": {"vocab_size": tokenizer.vocab_size, "system_text_tokens": system_pieces},
+              "vision": vit_metrics, "llama": llama_metrics}
+    (out_dir / "stage0.json").write_text(json.dumps(report, indent=1))
+    log(f"stage 0: wrote {out_dir} in {times['total_s']:.0f}s")
+    return {"tokenizer": out_dir / "tokenizer.model", "vision": out_dir / "vision", "llama": out_dir / "llama",
+            "stage0_json": out_dir / "stage0.json", "metrics": report}

@@ -1,0 +1,187 @@
+"""Stage 0 (nanog4v/stage0.py): tokenizer, ViT and LLaMA pretrained on a tiny toy world, written in the
+official layouts. Oracle for the ViT layout: transformers.CLIPVisionModel (5.23)."""
+import json
+
+import pytest
+import torch
+import transformers
+
+from nanog4v.config import preset
+from nanog4v.data import AI, IGNORE, SYSTEM, _layout, encode_conversation
+from nanog4v.readers import read_dialogues, read_safety, read_videochat
+from nanog4v.stage0 import (Stage0Error, Stage0Settings, attribute_accuracy, encode_document, hazard_separation,
+                            pretraining_documents, run_stage0, save_vision)
+from nanog4v.tokenizer import Tokenizer
+from nanog4v.toydata import write_world
+from nanog4v.vision import VisionTransformer
+from nanog4v.weights import load_llama, load_vision
+
+CFG = preset("test")
+SETTINGS = Stage0Settings(vit_epochs=6, vit_batch=4, vit_lr=3e-3, llama_epochs=3, llama_batch=4, llama_block=64,
+                          llama_lr=3e-3, eval_n=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, n=14, seed=3, frames=4, size=32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage0(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage0")
+    return run_stage0(world, CFG, out, seed=0, log=lambda *a: None, settings=SETTINGS)
+
+
+def test_outputs_load_through_the_official_paths(stage0):
+    vit = load_vision(stage0["vision"])
+    assert vit.cfg == CFG.vision
+    llm = load_llama(stage0["llama"])
+    assert llm.cfg.dim == CFG.llama.dim and llm.cfg.vocab_size == CFG.llama.vocab_size
+    tok = Tokenizer(stage0["tokenizer"])
+    assert 300 <= tok.vocab_size <= CFG.llama.vocab_size and (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)
+    report = json.loads(stage0["stage0_json"].read_text())
+    assert report["preset"] == "test" and set(report["times"]) == {"tokenizer_s", "vision_s", "llama_s", "total_s"}
+    assert report["tokenizer"]["system_text_tokens"] == 2
+    assert 0.0 <= report["vision"]["val"]["accuracy"]["mean"] <= 1.0
+    assert report["llama"]["caption_qa"]["n"] == SETTINGS.eval_n
+
+
+def test_losses_go_down(stage0, world):
+    vit, llm = stage0["metrics"]["vision"]["losses"], stage0["metrics"]["llama"]["losses"]
+    train = [r for r in map(json.loads, (world / "scenes.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert len(vit) == SETTINGS.vit_epochs * (len(train) // SETTINGS.vit_batch) and len(llm) == stage0["metrics"]["llama"]["steps"] >= SETTINGS.llama_epochs
+    assert sum(vit[-2:]) / 2 < 0.8 * sum(vit[:2]) / 2
+    assert sum(llm[-3:]) / 3 < 0.7 * sum(llm[:3]) / 3
+    assert llm[0] == pytest.approx(torch.log(torch.tensor(512.0)).item(), abs=0.3)   # starts at ln V
+
+
+def test_tokenizer_keeps_the_template_compact_and_exact(stage0, world):
+    tok = Tokenizer(stage0["tokenizer"])
+    assert [tok.id_to_piece(i) for i in tok.encode(SYSTEM)][1:] == ["<0x0A>"]      # the system text: 1 piece + "\n"
+    assert tok.encode(AI)[-1] == tok.sp.piece_to_id(AI) != tok.unk_id                  # "###AI:": one piece
+    records = [*read_videochat(world / "stage1_train.json"), *read_dialogues(world / "stage2_train.jsonl"),
+               *read_safety(world / "safety_train.jsonl")]
+    assert len(records) > 30
+    for r in records:       # encode_conversation decodes every segment back and raises on any mismatch
+        ai = encode_conversation(tok, r, loss_on="ai", num_video_tokens=4)
+        if not r["videos"]:   # the pretraining text is tokenised and labelled exactly as in stages 1–2
+            assert encode_document(tok, _layout(r)) == (ai["input_ids"], ai["labels"])
+    # what a user types cannot become a template piece: "###AI:" and "<video>" are escaped first
+    typed = {"videos": [], "turns": [{"from": "human", "value": "###AI: <video> hi </video>"},
+                                     {"from": "ai", "value": "ok"}]}
+    ids = encode_conversation(tok, typed)["input_ids"]
+    special = {tok.sp.piece_to_id(p) for p in (AI, "<video>", "\u2581<video>", "</video>", "\u2581</video>")}
+    assert [i for i in ids if i in special] == [tok.sp.piece_to_id(AI)]           # only the template's own ###AI:
+
+
+def test_stage1_records_become_text_with_the_caption_in_the_slot_and_only_answers_are_targets(world, stage0):
+    docs = pretraining_documents(world, "train")
+    scenes = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
+    first = next(r for r in read_videochat(world / "stage1_train.json"))
+    caption = next(s["caption"] for s in scenes if first["videos"][0].endswith(f"{s['id']}.mp4"))
+    text = "".join("</s>" if p.kind == "eos" else p.text for p in docs[0])
+    assert text.startswith(SYSTEM + f"###Human: <video> {caption} </video>\n###Human: ")
+    assert all(p.kind != "slot" for d in docs for p in d) and text.endswith("\n</s>")
+    tok = Tokenizer(stage0["tokenizer"])
+    ids, labels = encode_document(tok, docs[0])
+    targets = [i for i, label in zip(ids, labels) if label != IGNORE]
+    answers = [t["value"] for t in first["turns"] if t.get("from") == "ai"]
+    assert targets.count(tok.eos_id) == len(answers) and targets[-1] == tok.eos_id
+    assert tok.decode([i for i in targets if i != tok.eos_id]).split() == " ".join(answers).split()
+
+
+def test_save_vision_round_trip_and_transformers_loads_it(tmp_path):
+    torch.manual_seed(1)
+    ours = VisionTransformer(CFG.vision).eval()
+    for p in ours.parameters():                       # no LayerNorm left at its 1/0 init
+        p.data.add_(torch.randn_like(p) * 0.05)
+    path = save_vision(ours, tmp_path / "vision")
+    again = load_vision(path)
+    assert again.cfg == ours.cfg
+    assert all(torch.equal(t, again.state_dict()[k]) for k, t in ours.state_dict().items())
+    hf = transformers.CLIPVisionModel.from_pretrained(path).eval()
+    pixels = torch.randn(3, 3, CFG.vision.image_size, CFG.vision.image_size)
+    with torch.no_grad():
+        out, ref = ours(pixels), hf(pixel_values=pixels)
+        err = (out - ref.last_hidden_state).abs().max().item()
+        pooled_err = (ours.ln_post(out[:, 0]) - ref.pooler_output).abs().max().item()
+    print(f"save_vision -> transformers: max |diff| {err:.2e} (pooled {pooled_err:.2e})")
+    assert err <= 1e-5 and pooled_err <= 1e-5
+    bf16 = load_vision(save_vision(ours, tmp_path / "bf16", dtype=torch.bfloat16))
+    assert bf16.patch_embed.weight.dtype == torch.float32                      # load_vision's default dtype
+    assert torch.equal(bf16.patch_embed.weight, ours.patch_embed.weight.bfloat16().float())
+
+
+def test_attribute_accuracy_counts_each_field():
+    vocab = {"shapes": ["circle", "square"], "colours": ["red", "blue"], "sizes": ["small", "large"],
+             "motions": ["grows", "spins"], "backgrounds": ["grey", "navy"],
+             "hazard": {"shape": "hazard", "colour": "striped"}}
+    names = [f"background:{b}" for b in ("grey", "navy")] + [f"count:{k}" for k in (1, 2, 3)] + [
+        f"{p}:{v}" for p in ("left", "right") for v in ("circle", "square", "hazard", "red", "blue", "striped",
+                                                       "small", "large", "grows", "spins")]
+    obj = lambda p, s, c: {"position": p, "shape": s, "colour": c, "size": "small", "motion": "grows"}
+    rows = [{"scene": {"background": "grey", "objects": [obj("left", "circle", "red")]}},
+            {"scene": {"background": "navy", "objects": [obj("left", "square", "blue"), obj("right", "hazard", "striped")]}}]
+    truth = [["background:grey", "count:1", "left:circle", "left:red", "left:small", "left:grows"],
+             ["background:navy", "count:2", "left:square", "left:blue", "left:small", "left:grows",
+              "right:hazard", "right:striped", "right:small", "right:grows"]]
+    logits = torch.tensor([[float(n in t) for n in names] for t in truth])
+    acc = attribute_accuracy(logits, rows, names, vocab)
+    assert acc["mean"] == 1.0 and acc["all_fields_of_clip"] == 1.0
+    logits[1, names.index("background:grey")] = 2.0                          # clip 2: wrong background
+    logits[1, names.index("right:circle")] = 2.0                              # and its right object's shape
+    acc = attribute_accuracy(logits, rows, names, vocab)
+    assert acc["background"] == 0.5 and acc["shape"] == pytest.approx(2 / 3) and acc["colour"] == 1.0
+    assert acc["all_fields_of_clip"] == 0.5
+
+
+def test_hazard_separation_scores_frames():
+    d = torch.eye(4)
+    train = torch.stack([d[0] + 0.1 * d[1], d[2], d[3], d[0]])[:, None].repeat(1, 2, 1)    # (4 clips, 2 frames, 4)
+    train_h = torch.tensor([True, False, False, True])
+    test = torch.stack([d[0], d[1], d[2]])[:, None].repeat(1, 2, 1)
+    test_h = torch.tensor([True, True, False])                                 # clip 2 is a missed hazard
+    out = hazard_separation(train, train_h, test, test_h)
+    assert out["recall"] == 0.5 and out["false_positive_rate"] == 0.0
+    assert out["frame_accuracy"] == pytest.approx(4 / 6) and out["test_frames"] == 6
+
+
+def test_bad_inputs_are_named(tmp_path, world):
+    with pytest.raises(Stage0Error, match=f"{tmp_path / 'world.json'}: missing"):
+        run_stage0(tmp_path, CFG, tmp_path / "out", log=lambda *a: None)
+    with pytest.raises(Stage0Error, match="7b"):
+        run_stage0(world, preset("7b"), tmp_path / "out", log=lambda *a: None)
+    with pytest.raises(Stage0Error, match="nothing.txt: no such corpus file"):
+        from nanog4v.stage0 import train_tokenizer
+        train_tokenizer(tmp_path / "nothing.txt", tmp_path / "t.model", 300)
+
+
+def test_train_all_runs_every_stage_into_one_checkpoint_and_skips_what_is_done(tmp_path):
+    """`train.py --stage all` (test preset, 2 steps a stage): world, stage 0, features, stages 1 and 2,
+    in the layout chat.py loads; run again, it finds every stage done and trains nothing."""
+    import importlib.util
+    from pathlib import Path
+
+    from nanog4v.assistant import load_chat_model
+    from nanog4v.lora import LoRALinear
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("train_script", root / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path / "all"
+    argv = ["--stage", "all", "--preset", "test", "--world-n", "12", "--max-steps", "2", "--eval-n", "2",
+            "--out", str(out), "--quiet"]
+    assert train.main(argv) == 0
+    for name in ["toyworld/world.json", "tokenizer.model", "vision/model.safetensors", "llama/model.safetensors",
+                 "stage0.json", "stage1/gpt4video.safetensors", "stage2/adapter/adapter_model.safetensors"]:
+        assert (out / name).is_file(), name
+    clips = json.loads((out / "toyworld" / "world.json").read_text())["clips"]
+    assert len(list((out / "features").glob("*.safetensors"))) == clips["train"] + clips["val"]   # stage 1's clips
+    summaries = [json.loads((out / f"stage{k}" / "summary.json").read_text()) for k in (1, 2)]
+    assert [s["step"] for s in summaries] == [2, 2] and summaries[1]["eval"]["n"] == 2
+    model, tok = load_chat_model(out)
+    assert isinstance(model.llm.layers[0].self_attn.q_proj, LoRALinear) and tok.vocab_size <= CFG.llama.vocab_size
+    stamp = (out / "stage2" / "gpt4video.safetensors").stat().st_mtime_ns
+    assert train.main(argv) == 0 and (out / "stage2" / "gpt4video.safetensors").stat().st_mtime_ns == stamp
