@@ -295,7 +295,34 @@ def run_all(args) -> dict:
         resume = (out / f"stage{stage}" / "last.pt").is_file()
         result = run(replace_args(args, stage=str(stage), data=data, val=val, init=init, out=out / f"stage{stage}",
                                   features_dir=features if stage == 1 else None, resume=resume, **paths))
+    plot_recipe(out)
     return result
+
+
+def plot_recipe(out: Path) -> Path:
+    """OUT/losses.png: the loss curve of every stage of --stage all, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    report = json.loads((out / "stage0.json").read_text())
+    curves = {"stage 0: ViT (attribute BCE)": report["vision"]["losses"],
+              "stage 0: LLaMA (Eq. 5 on the toy text)": report["llama"]["losses"]}
+    for k in (1, 2):
+        log = out / f"stage{k}" / "log.jsonl"
+        curves[f"stage {k}: {'abstractor' if k == 1 else 'LoRA'} (Eq. 5)"] = [
+            json.loads(line)["loss"] for line in log.read_text().splitlines() if line]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), dpi=100)
+    for ax, (title, losses) in zip(axes, curves.items()):
+        k = max(1, len(losses) // 20)
+        ax.plot(losses, color="tab:blue", alpha=0.3, lw=1)
+        ax.plot(range(k - 1, len(losses)), np.convolve(losses, np.ones(k) / k, mode="valid"), color="tab:blue", lw=2)
+        ax.set(title=title, xlabel="step", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(out / "losses.png")
+    plt.close(fig)
+    return out / "losses.png"
 
 
 def replace_args(args, **changes) -> argparse.Namespace:

@@ -78,7 +78,6 @@ def bench_size(name: str, dtypes: list[str], batches: list[int], args) -> None:
                 hf_fps, our_fps = batch / seconds["hf"], batch / seconds["ours"]
                 print(f"| {name} | {dtype_name} | {batch} | {hf_fps:.1f} | {our_fps:.1f} | "
                       f"{our_fps / hf_fps:.2f} | {diff.abs().max().item():.1e} |", flush=True)
-            del ours
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import transformers
 from nanog4v.config import preset
 from nanog4v.data import AI, IGNORE, SYSTEM, _layout, encode_conversation
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
-from nanog4v.stage0 import (Stage0Error, Stage0Settings, attribute_accuracy, encode_document, hazard_separation,
-                            pretraining_documents, run_stage0, save_vision)
+from nanog4v.stage0 import Stage0Error, Stage0Settings, encode_document, pretraining_documents, run_stage0
+from nanog4v.stage0_vision import attribute_accuracy, hazard_separation, save_vision
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toydata import write_world
 from nanog4v.vision import VisionTransformer
@@ -175,7 +175,8 @@ def test_train_all_runs_every_stage_into_one_checkpoint_and_skips_what_is_done(t
             "--out", str(out), "--quiet"]
     assert train.main(argv) == 0
     for name in ["toyworld/world.json", "tokenizer.model", "vision/model.safetensors", "llama/model.safetensors",
-                 "stage0.json", "stage1/gpt4video.safetensors", "stage2/adapter/adapter_model.safetensors"]:
+                 "stage0.json", "stage1/gpt4video.safetensors", "stage2/adapter/adapter_model.safetensors",
+                 "losses.png"]:
         assert (out / name).is_file(), name
     clips = json.loads((out / "toyworld" / "world.json").read_text())["clips"]
     assert len(list((out / "features").glob("*.safetensors"))) == clips["train"] + clips["val"]   # stage 1's clips

@@ -16,7 +16,7 @@ from nanog4v.config import preset
 from nanog4v.data import SkipCounter, encode_conversation, num_video_tokens
 from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
 from nanog4v.toydata import NUMBERS, describe, is_refusal, request_phrase, write_world
-from nanog4v.toyworld import (COLOURS, HAZARD, MOTIONS, SHAPES, Scene, Thing, caption, complete, heldout_pairs,
+from nanog4v.toyworld import (MOTIONS, Scene, Thing, caption, complete, heldout_pairs,
                               parse_caption, render, sample_scene)
 from nanog4v.video import sample_frames
 

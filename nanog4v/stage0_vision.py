@@ -1,0 +1,192 @@
+"""Stage 0, the ViT: a small CLIP-layout vision tower pretrained on the toy world (see stage0.py).
+
+**ViT: attribute prediction** (`pretrain_vision`). CLIP learned its features contrastively from 400M
+image–caption pairs; with ~2k clips and exact ground truth, supervision is the short road to the same
+place. Each clip's T frames, sampled and preprocessed exactly as stage 1 samples them
+(video.sample_frames + vision.preprocess), go through the ViT one by one; each frame's pooled
+feature ln_post([CLS]) (CLIP's image embedding) is concatenated in time order, (T·D), and a linear
+head predicts the clip's multi-hot labels (scenes.jsonl: background, object count, each object's
+shape, colour, size and motion, both alone and bound to its position, "left:red"), trained with binary
+cross-entropy. Reading the frames in order lets the head see motion as change between frames, which
+pushes every frame's feature to say where and how big each object is; the position-bound labels make
+it bind colour and shape to a place. The head is thrown away: stage 1's abstractor reads all 1+P
+tokens of every frame. The hazard sign is one of the labels ("shape:hazard"), so its frames are
+recognisable; `stage0.json` reports how well a per-frame "hazard concept" direction (the mean
+embedding of hazard frames, as a safety checker would hold it) separates never-seen clips.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import VisionConfig
+from .trainer import lr_at, make_optimizer
+from .video import sample_frames
+from .vision import VisionTransformer, preprocess
+from .weights import CLIP_VISION_KEYS, CLIP_VISION_LAYER_KEYS, write_checkpoint
+
+
+class Stage0Error(ValueError):
+    """A toy-world directory stage 0 cannot use; the message names the file."""
+
+
+def read_world(world_dir) -> tuple[dict, list[dict]]:
+    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows."""
+    world_dir = Path(world_dir)
+    meta, scenes = world_dir / "world.json", world_dir / "scenes.jsonl"
+    if not meta.is_file():
+        raise Stage0Error(f"{meta}: missing (not a complete toy world; python -m nanog4v.toyworld --out DIR)")
+    try:
+        return json.loads(meta.read_text()), [json.loads(line) for line in scenes.read_text().splitlines() if line]
+    except (OSError, json.JSONDecodeError) as e:
+        raise Stage0Error(f"{scenes}: unreadable ({e})") from None
+
+
+def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
+    """Frames (N, T, H, W, 3) uint8, sampled as stage 1 samples them, and multi-hot labels (N, K)."""
+    index = {name: k for k, name in enumerate(label_names)}
+    frames = torch.stack([torch.from_numpy(sample_frames(Path(world_dir) / "videos" / f"{r['id']}.mp4", num_frames))
+                          for r in rows])                                       # (N, T, H, W, 3)
+    labels = torch.zeros(len(rows), len(label_names))                           # (N, K)
+    for i, r in enumerate(rows):
+        labels[i, [index[name] for name in r["labels"]]] = 1.0
+    return frames, labels
+
+
+def pooled(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (N, T, H, W, 3) → each frame's image embedding ln_post([CLS]), (N, T, D)."""
+    n = frames.shape[0]
+    pixels = preprocess(rearrange(frames, "n t h w c -> (n t) h w c"), vit.cfg.image_size)  # (N·T, 3, S, S)
+    cls = vit(pixels)[:, 0]                                                     # (N·T, D)
+    cls = cls if vit.cfg.post_layernorm_all_tokens else vit.ln_post(cls)        # CLIP's pooled output
+    return rearrange(cls, "(n t) d -> n t d", n=n)                              # (N, T, D)
+
+
+def attribute_accuracy(logits: torch.Tensor, rows: list[dict], label_names: list[str], vocab: dict) -> dict:
+    """Per field, how often the highest-scoring value is the true one: background and count per clip;
+    shape, colour, size and motion per object, read from the labels bound to its position."""
+    index = {name: k for k, name in enumerate(label_names)}
+    values = {"shape": [*vocab["shapes"], vocab["hazard"]["shape"]], "size": vocab["sizes"],
+              "colour": [*vocab["colours"], vocab["hazard"]["colour"]], "motion": vocab["motions"]}
+    right: dict[str, list[bool]] = {f: [] for f in ("background", "count", *values)}
+    exact = []
+    for row, z in zip(rows, logits):
+        best = lambda names: max(names, key=lambda name: z[index[name]].item())
+        scene, ok = row["scene"], []
+        ok.append(best([f"background:{b}" for b in vocab["backgrounds"]]) == f"background:{scene['background']}")
+        right["background"].append(ok[-1])
+        ok.append(best([f"count:{k}" for k in (1, 2, 3)]) == f"count:{len(scene['objects'])}")
+        right["count"].append(ok[-1])
+        for obj in scene["objects"]:
+            for field, vs in values.items():
+                ok.append(best([f"{obj['position']}:{v}" for v in vs]) == f"{obj['position']}:{obj[field]}")
+                right[field].append(ok[-1])
+        exact.append(all(ok))
+    out = {f: sum(r) / len(r) for f, r in right.items() if r}
+    return {**out, "mean": sum(out.values()) / len(out), "all_fields_of_clip": sum(exact) / len(exact)}
+
+
+def hazard_separation(train_emb, train_hazard, test_emb, test_hazard) -> dict:
+    """How well one "hazard concept" direction separates frames: the mean train hazard embedding,
+    cosine similarity, threshold halfway between the train hazard and non-hazard means; scored per
+    frame on the test clips. Embeddings (N, T, D), hazard flags (N,) bool."""
+    flat = lambda e: F.normalize(rearrange(e, "n t d -> (n t) d"), dim=-1)
+    per_frame = lambda h, e: h.repeat_interleave(e.shape[1])
+    tr, tr_h = flat(train_emb), per_frame(train_hazard, train_emb)
+    concept = F.normalize(tr[tr_h].mean(0), dim=0)                              # (D,)
+    cos = tr @ concept
+    threshold = (cos[tr_h].mean() + cos[~tr_h].mean()).item() / 2
+    te, te_h = flat(test_emb) @ concept, per_frame(test_hazard, test_emb)
+    flagged = te > threshold
+    return {"frame_accuracy": (flagged == te_h).float().mean().item(),
+            "recall": flagged[te_h].float().mean().item() if te_h.any() else None,
+            "false_positive_rate": flagged[~te_h].float().mean().item() if (~te_h).any() else None,
+            "threshold": threshold, "test_frames": len(te)}
+
+
+def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: int = 6, batch: int = 32,
+                    lr: float = 1e-3, weight_decay: float = 0.05, warmup_frac: float = 0.05, seed: int = 0,
+                    log=print) -> tuple[VisionTransformer, dict]:
+    """Train a ViT on the world's train clips (attribute prediction, see the module docstring);
+    returns it in eval mode and {"losses", "val", "hazard", ...}."""
+    meta, scenes = read_world(world_dir)
+    names, vocab = meta["label_names"], meta["vocab"]
+    split = {s: [r for r in scenes if r["split"] == s] for s in ("train", "val", "heldout")}
+    if not split["train"]:
+        raise Stage0Error(f"{Path(world_dir) / 'scenes.jsonl'}: no train clips")
+    started = time.time()
+    data = {s: load_clips(world_dir, rows, names, num_frames) for s, rows in split.items() if rows}
+    log(f"stage 0 ViT: {len(split['train'])} train clips × {num_frames} frames "
+        f"(decoded in {time.time() - started:.1f}s)")
+    torch.manual_seed(seed)
+    vit = VisionTransformer(cfg)
+    head = nn.Linear(num_frames * cfg.dim, len(names))                          # thrown away afterwards
+    params = [(f"vit.{n}", p) for n, p in vit.named_parameters()] + [(f"head.{n}", p) for n, p in head.named_parameters()]
+    opt = make_optimizer(params, lr, weight_decay)
+    frames, labels = data["train"]
+    per_epoch = max(1, len(frames) // batch)
+    total = per_epoch * epochs
+    warmup, g, losses, step = round(warmup_frac * total), torch.Generator().manual_seed(seed), [], 0
+    vit.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(frames), generator=g)
+        for b in range(per_epoch):
+            idx = order[b * batch:(b + 1) * batch]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr, warmup, total)
+            feats = rearrange(pooled(vit, frames[idx]), "b t d -> b (t d)")     # (B, T·D)
+            loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx])  # head: (B, K)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            opt.step()
+            losses.append(round(loss.item(), 5))
+            step += 1
+        log(f"stage 0 ViT: epoch {epoch + 1}/{epochs}, loss {sum(losses[-per_epoch:]) / per_epoch:.4f}")
+    vit.eval()
+    metrics = {"steps": total, "losses": losses, "final_loss": sum(losses[-per_epoch:]) / per_epoch}
+    with torch.no_grad():
+        emb = {s: torch.cat([pooled(vit, f[i:i + 64]) for i in range(0, len(f), 64)]) for s, (f, _) in data.items()}
+        if "val" in data:
+            z = head(rearrange(emb["val"], "n t d -> n (t d)"))
+            metrics["val"] = {"loss": F.binary_cross_entropy_with_logits(z, data["val"][1]).item(),
+                              "accuracy": attribute_accuracy(z, split["val"], names, vocab), "clips": len(z)}
+        hazard = {s: torch.tensor([r["hazard"] for r in split[s]]) for s in data}
+        if "heldout" in data and hazard["train"].any() and hazard["heldout"].any():
+            metrics["hazard_heldout"] = hazard_separation(emb["train"], hazard["train"], emb["heldout"],
+                                                          hazard["heldout"])
+    return vit, metrics
+
+
+def save_vision(model: VisionTransformer, path, dtype: torch.dtype | None = None) -> Path:
+    """`model` as a transformers CLIPVisionModel directory (config.json + model.safetensors), the
+    inverse of `load_vision`'s key table. Keys carry the `vision_model.` prefix, which transformers 4.x
+    requires and 5.x accepts. dtype: the model's unless given."""
+    cfg = model.cfg
+    if cfg.post_layernorm_all_tokens:
+        raise ValueError("save_vision: post_layernorm_all_tokens is not a CLIP setting (mPLUG-Owl's ViT)")
+    ours_to_hf = {ours: hf for hf, ours in CLIP_VISION_KEYS.items()}
+    layer_to_hf = {ours: hf for hf, ours in CLIP_VISION_LAYER_KEYS.items()}
+
+    def hf_name(name: str) -> str:
+        if name.startswith("blocks."):
+            _, i, rest = name.split(".", 2)
+            module, leaf = rest.rsplit(".", 1)
+            return f"vision_model.encoder.layers.{i}.{layer_to_hf[module]}.{leaf}"
+        return f"vision_model.{ours_to_hf[name]}"
+
+    tensors = {hf_name(n): t.detach() for n, t in model.state_dict().items()}
+    dtype = dtype or next(model.parameters()).dtype
+    specs = {k: (tuple(t.shape), dtype) for k, t in tensors.items()}
+    hf = dict(architectures=["CLIPVisionModel"], model_type="clip_vision_model", hidden_size=cfg.dim,
+              intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+              num_channels=cfg.in_channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
+              layer_norm_eps=cfg.norm_eps, hidden_act=cfg.act, projection_dim=cfg.dim,
+              torch_dtype=str(dtype).removeprefix("torch."), dtype=str(dtype).removeprefix("torch."))
+    return write_checkpoint(path, hf, specs, tensors.__getitem__)
