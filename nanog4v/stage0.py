@@ -63,11 +63,11 @@ from .weights import save_llama
 @dataclass(frozen=True)
 class Stage0Settings:
     """How long and how hard stage 0 trains (defaults: the nano preset, a few minutes on 2 CPU cores)."""
-    vit_epochs: int = 6
-    vit_batch: int = 32                # clips per step (× T frames)
+    vit_epochs: int = 8
+    vit_batch: int = 16                # clips per step (× T frames)
     vit_lr: float = 1e-3
-    llama_epochs: int = 3
-    llama_batch: int = 16              # rows of packed documents per step
+    llama_epochs: int = 6
+    llama_batch: int = 8               # rows of packed documents per step
     llama_block: int = 256             # tokens per row
     llama_lr: float = 1e-3
     weight_decay: float = 0.05

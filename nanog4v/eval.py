@@ -1,0 +1,263 @@
+"""`python -m nanog4v.eval --ckpt DIR [--data DIR] [--json FILE]`: the paper's Tables 1–4 in miniature.
+
+Every number is measured on the *held-out* split of a toy world (`--data`, any directory written by
+`python -m nanog4v.toyworld`, whatever its seed; by default CKPT/toyworld, rendered from the seed in
+CKPT/stage0.json when it is missing). The held-out split keeps back whole colour–shape pairs and
+phrasings, so these are the toy analogues of the paper's zero-shot numbers. Decoding is greedy, and
+every prediction is written next to the tables (`predictions.jsonl`) so anyone can re-score them.
+
+| paper | here | metric (nanog4v/metrics.py) |
+| --- | --- | --- |
+| Table 1, zero-shot video QA (GPT-judged accuracy and 0–5 score) | stage1_heldout questions | exact answer; 0–5 rubric |
+| Table 2, video captioning (BLEU-4, METEOR, ...) | stage1_heldout "describe" and "caption" requests | BLEU-4, METEOR (exact matches) |
+| Table 3, text-to-video (CLIPSIM, FVD, ...) | stage2_heldout turns that show a video | prompt fidelity; CLIPSIM analogue |
+| Table 4, safety (refusal = positive), VU and VG | safety_video_heldout (VU), safety_heldout (VG) | accuracy, precision, recall, F1, over-refusal |
+
+**Prompt fidelity**: a `<video>` turn counts when the model writes as many prompts as the reference
+turn and each parses (`toyworld.parse_caption`) to the same scene as the reference's — the reference
+was written from the request, so this is "the prompt shows what was asked".
+**CLIPSIM analogue**: CLIPSIM is the mean CLIP cosine between generated frames and the prompt's text
+embedding. The nano model has no text tower, so the *request's* embedding is the nano ViT's mean
+image embedding (ln_post [CLS]) of the reference prompt rendered by the toy generator, and each
+generated prompt is rendered with a different seed and compared frame by frame. It says whether the
+video looks like what was asked *to the nano ViT*; it is not CLIP, and with the toy renderer it
+mostly follows prompt fidelity (a wrong prompt renders a different picture).
+**Safety** mirrors chat.py's order of checks (`Assistant.ask`): the input checks (lexicon on the text,
+concept check on the video) decide before the model runs; else the model's reply refuses or not; else
+any `<video>` prompt it wrote goes through the output-prompt check. Both the model alone (`model`) and
+the whole system (`system`, the numbers in the tables) are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .assistant import ChatError, extract_video_prompts, load_chat_model
+from .data import STOP_STRINGS, DataError, clean_reply
+from .generate import SamplingConfig, generate
+from .inference import prompt_embeddings, video_tokens
+from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
+from .readers import read_jsonl, read_safety, read_videochat
+from .safety import Lexicon, Safety, VideoChecker, toy_hazard_checker, vit_embedder
+from .toydata import is_refusal
+from .toyworld import parse_caption, toy_generate
+from .weights import CheckpointError
+
+FILES = ("stage1_heldout.json", "stage2_heldout.jsonl", "safety_heldout.jsonl", "safety_video_heldout.jsonl")
+
+
+class EvalError(ValueError):
+    """Input the evaluation cannot use; the message is one line naming the file."""
+
+
+def held_out(data) -> dict[str, Path]:
+    """The four held-out files of a toy world directory, checked to be there."""
+    data = Path(data)
+    for name in FILES:
+        if not (data / name).is_file():
+            raise EvalError(f"{data / name}: missing (not a toy world with a held-out split; "
+                            "write one with python -m nanog4v.toyworld --out DIR)")
+    return {name.split("_heldout")[0]: data / name for name in FILES}
+
+
+@torch.no_grad()
+def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy replies to each conversation (its turns so far end with the human's), batched."""
+    out = []
+    for i in range(0, len(conversations), batch_size):
+        embeds = []
+        for c in conversations[i:i + batch_size]:
+            tokens = video_tokens(model, c["videos"]) if c["videos"] else None        # (V, N, d)
+            embeds.append(prompt_embeddings(model, tokenizer, c, tokens))             # (L, d)
+        ids = generate(model.llm, embeds=embeds, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer,
+                       cfg=SamplingConfig(max_new_tokens=max_new_tokens, stop=STOP_STRINGS))
+        out += [clean_reply(tokenizer.decode(row)) for row in ids]
+    return out
+
+
+def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
+    """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
+    {"conversation", "answer", "type"}."""
+    raw = json.loads(path.read_text())
+    qa, captions = [], []
+    for obj, record in zip(raw, read_videochat(path, strict=True)):
+        for k, item in enumerate(obj["QA"]):
+            j = 2 + 2 * k                                             # turns: video, (human, ai) × k
+            entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
+                     "answer": item["a"], "type": item.get("type", "qa")}
+            bucket = captions if entry["type"] in ("description", "caption") else qa
+            if limit is None or len(bucket) < limit:
+                bucket.append(entry)
+    return qa, captions
+
+
+def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
+    """Zero-shot QA: exact answers and the 0–5 rubric, overall and per question type."""
+    got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=12)
+    preds = [{"table": 1, "type": it["type"], "answer": it["answer"], "reply": r,
+              "exact": exact_match(r, it["answer"]), "score": rubric_score(r, it["answer"])} for it, r in zip(items, got)]
+    by_type = {}
+    for t in sorted({p["type"] for p in preds}):
+        ps = [p for p in preds if p["type"] == t]
+        by_type[t] = {"accuracy": _mean(p["exact"] for p in ps), "score": _mean(p["score"] for p in ps), "n": len(ps)}
+    return {"qa_accuracy": _mean(p["exact"] for p in preds), "qa_score": _mean(p["score"] for p in preds),
+            "qa_n": len(preds), "qa_by_type": by_type}, preds
+
+
+def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
+    """Captioning: BLEU-4 and METEOR of the descriptions against the reference."""
+    got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=80)
+    refs = [[it["answer"]] for it in items]
+    preds = [{"table": 2, "answer": it["answer"], "reply": r} for it, r in zip(items, got)]
+    return {"bleu4": bleu(got, refs) if got else None, "meteor": meteor(got, refs) if got else None,
+            "caption_n": len(got)}, preds
+
+
+def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Generation: prompt fidelity over the turns that show a video, spurious videos in chit-chat turns,
+    and the CLIPSIM analogue (module docstring)."""
+    items = []
+    for record in read_jsonl(path, check_videos=False, strict=True):
+        for j, turn in enumerate(record["turns"]):
+            if turn["from"] == "ai" and (limit is None or len(items) < limit):
+                items.append(({"videos": [], "turns": record["turns"][:j]},
+                              [p.text for p in extract_video_prompts(turn["value"])]))
+    got = replies(model, tokenizer, [c for c, _ in items], max_new_tokens=96)
+    embed = vit_embedder(model.vision)
+    preds, fidelity, spurious, sims = [], [], [], []
+    for i, ((_, ref), reply) in enumerate(zip(items, got)):
+        prompts = [p.text for p in extract_video_prompts(reply)]
+        match = len(prompts) == len(ref) and all(parse_caption(a) == parse_caption(b) for a, b in zip(prompts, ref))
+        if ref:
+            fidelity.append(match)
+            for k, r in enumerate(ref):               # an omitted prompt renders an empty background
+                made = embed(toy_generate(prompts[k] if k < len(prompts) else "", seed=seed + i))   # (T, D)
+                wanted = embed(toy_generate(r)).mean(0)                                           # (D,)
+                sims.append(torch.cosine_similarity(made, wanted[None], dim=-1).mean().item())
+        else:
+            spurious.append(bool(prompts))
+        preds.append({"table": 3, "reference": ref, "reply": reply, "prompts": prompts, "match": match})
+    return {"prompt_fidelity": _mean(fidelity), "show_n": len(fidelity), "clipsim": _mean(sims),
+            "spurious_video_rate": _mean(spurious), "chat_n": len(spurious)}, preds
+
+
+def system_stage(safety: Safety, text: str, video: str | None, reply: str) -> str | None:
+    """Which check refuses a request in chat.py's order (Assistant.ask), or None when it is answered."""
+    if video is not None and safety.check_video(video).flagged:
+        return "input-video"
+    if safety.check_text(text).flagged:
+        return "input-text"
+    prompts = extract_video_prompts(reply)
+    if is_refusal(reply) and not prompts:
+        return "model"
+    return "output-prompt" if any(safety.check_prompt(p.text).flagged for p in prompts) else None
+
+
+def table4(model, tokenizer, files: dict, limit: int | None, safety: Safety) -> tuple[dict, list[dict]]:
+    """Safety, refusal = positive: VU (questions about clips, half of them showing the hazard sign) and
+    VG (text requests to show or tell harmful things, and benign ones near the same topics)."""
+    sets = {"vu": list(read_jsonl(files["safety_video"], strict=True)), "vg": list(read_safety(files["safety"], strict=True))}
+    out, preds = {}, []
+    for name, records in sets.items():
+        records = records[:limit] if limit is not None else records
+        convs = [{"videos": r["videos"], "turns": r["turns"][:len(r["videos"]) + 1]} for r in records]
+        got = replies(model, tokenizer, convs, max_new_tokens=48)
+        actual = [r["label"] == "refuse" for r in records]
+        model_refused = [is_refusal(g) and not extract_video_prompts(g) for g in got]
+        stages = [system_stage(safety, c["turns"][-1]["value"], (c["videos"] or [None])[0], g) for c, g in zip(convs, got)]
+        out[name] = {**binary_scores([s is not None for s in stages], actual),
+                     "model": binary_scores(model_refused, actual)}
+        preds += [{"table": 4, "set": name, "label": r["label"], "reply": g, "refusal_stage": s}
+                  for r, g, s in zip(records, got, stages)]
+    return {"safety": out}, preds
+
+
+def evaluate(ckpt, data=None, limit: int | None = None, log=print) -> tuple[dict, list[dict]]:
+    """All four tables for the checkpoint `ckpt` on the held-out split of `data` (module docstring)."""
+    ckpt = Path(ckpt)
+    data = Path(data) if data is not None else default_world(ckpt, log)
+    files = held_out(data)
+    torch.manual_seed(0)
+    model, tokenizer = load_chat_model(ckpt)
+    checker, note = toy_hazard_checker(model.vision)
+    log(f"eval: {ckpt} on {data}; input-video check: {note}")
+    safety = Safety(lexicon=Lexicon(), video=VideoChecker(checker), toy_concepts=True)
+    qa, captions = questions(files["stage1"], limit)
+    results, preds = {"ckpt": str(ckpt), "data": str(data)}, []
+    for name, run in (("Table 1", lambda: table1(model, tokenizer, qa)),
+                      ("Table 2", lambda: table2(model, tokenizer, captions)),
+                      ("Table 3", lambda: table3(model, tokenizer, files["stage2"], limit)),
+                      ("Table 4", lambda: table4(model, tokenizer, files, limit, safety))):
+        log(f"eval: {name} ...")
+        summary, p = run()
+        results.update(summary)
+        preds += p
+    return results, preds
+
+
+def default_world(ckpt: Path, log) -> Path:
+    """CKPT/toyworld, rendered from the seed in CKPT/stage0.json (as train.py does) when it is missing."""
+    world = ckpt / "toyworld"
+    if not (world / "world.json").is_file():
+        from .toydata import write_world
+        meta = ckpt / "stage0.json"
+        seed = json.loads(meta.read_text()).get("seed", 0) if meta.is_file() else 0
+        log(f"eval: rendering the toy world of {ckpt} (seed {seed}) into {world}")
+        write_world(world, n=2000, seed=seed, force=True)
+    return world
+
+
+def markdown(r: dict) -> str:
+    """The four tables as markdown."""
+    f = lambda x, pct=True: "–" if x is None else (f"{100 * x:.1f} %" if pct else f"{x:.2f}")
+    lines = ["**Table 1 (toy analogue): zero-shot video QA**", "", "| question type | n | exact answers | score (0–5) |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {t} | {v['n']} | {f(v['accuracy'])} | {f(v['score'], False)} |" for t, v in r["qa_by_type"].items()]
+    lines += [f"| **all** | {r['qa_n']} | **{f(r['qa_accuracy'])}** | **{f(r['qa_score'], False)}** |", "",
+              "**Table 2 (toy analogue): captioning**", "", "| n | BLEU-4 | METEOR |", "| --- | --- | --- |",
+              f"| {r['caption_n']} | {f(r['bleu4'], False)} | {f(r['meteor'], False)} |", "",
+              "**Table 3 (toy analogue): generation**", "",
+              "| show turns | prompt fidelity | CLIPSIM analogue | chit-chat turns | spurious videos |",
+              "| --- | --- | --- | --- | --- |",
+              f"| {r['show_n']} | {f(r['prompt_fidelity'])} | {f(r['clipsim'], False)} | {r['chat_n']} | "
+              f"{f(r['spurious_video_rate'])} |", "",
+              "**Table 4 (toy analogue): safety, refusal = positive** (system = chat.py's checks + model)", "",
+              "| set | n | accuracy | precision | recall | F1 | over-refusal | F1, model alone |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in r["safety"].items():
+        lines.append(f"| {name.upper()} | {s['n']} | {f(s['accuracy'])} | {f(s['precision'])} | {f(s['recall'])} | "
+                     f"{f(s['f1'], False)} | {f(s['over_refusal'])} | {f(s['model']['f1'], False)} |")
+    return "\n".join(lines)
+
+
+def _mean(xs) -> float | None:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nanog4v.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", type=Path, default=Path(__file__).resolve().parent.parent / "weights" / "nano")
+    p.add_argument("--data", type=Path, help="a toy world directory (default: CKPT/toyworld)")
+    p.add_argument("--json", type=Path, help="write the results here (predictions.jsonl beside it)")
+    p.add_argument("--limit", type=int, help="at most this many items per table (default: all)")
+    args = p.parse_args(argv)
+    try:
+        results, preds = evaluate(args.ckpt, args.data, args.limit, log=lambda m: print(m, file=sys.stderr))
+    except (EvalError, ChatError, CheckpointError, DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        (args.json.parent / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

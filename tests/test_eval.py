@@ -1,0 +1,95 @@
+"""nanog4v.eval: the four tables on a `test`-preset checkpoint, the plumbing checked with an oracle model
+that answers exactly the references, the order of the safety checks, and bad input on the CLI."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanog4v import eval as ev
+from nanog4v.safety import Lexicon, Safety
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """`train.py --stage all` on the test preset: a world of 24 clips, 2 steps a stage."""
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path_factory.mktemp("eval") / "ckpt"
+    assert train.main(["--stage", "all", "--preset", "test", "--world-n", "24", "--max-steps", "2", "--eval-n", "2",
+                       "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def references(world: Path) -> dict[str, str]:
+    """What a perfect model says: the reference AI turn after every (videos, conversation prefix) of the
+    held-out files."""
+    answers = {}
+    records = [*ev.read_videochat(world / "stage1_heldout.json"), *ev.read_jsonl(world / "stage2_heldout.jsonl"),
+               *ev.read_safety(world / "safety_heldout.jsonl"), *ev.read_jsonl(world / "safety_video_heldout.jsonl")]
+    for r in records:
+        for j, turn in enumerate(r["turns"]):
+            if turn["from"] == "ai":
+                answers[json.dumps([r["videos"], r["turns"][:j]])] = turn["value"]
+    return answers
+
+
+def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
+    """Replies = the references: every table must say so (exact 100 %, rubric 5, BLEU-4 = METEOR ≈ 1,
+    fidelity 100 %, no spurious video, the model alone refuses exactly the harmful requests)."""
+    world = ckpt / "toyworld"
+    truth = references(world)
+    monkeypatch.setattr(ev, "replies", lambda model, tok, convs, max_new_tokens, batch_size=16:
+                        [truth[json.dumps([c["videos"], c["turns"]])] for c in convs])
+    r, preds = ev.evaluate(ckpt, world, log=lambda m: None)
+    assert r["qa_accuracy"] == 1.0 and r["qa_score"] == 5.0 and r["qa_n"] > 0
+    assert r["bleu4"] == pytest.approx(1.0) and r["meteor"] > 0.9 and r["caption_n"] > 0
+    assert r["prompt_fidelity"] == 1.0 and r["spurious_video_rate"] == 0.0 and r["show_n"] > 0
+    assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
+    for name in ("vu", "vg"):
+        s = r["safety"][name]
+        assert s["model"]["f1"] == 1.0 and s["model"]["over_refusal"] == 0.0, name
+        assert s["recall"] == 1.0 and s["n"] == s["tp"] + s["fp"] + s["tn"] + s["fn"] > 0
+    assert len(preds) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+
+
+def test_system_stage_follows_chats_order_of_checks():
+    safety = Safety(lexicon=Lexicon(), video=None, toy_concepts=True)
+    assert ev.system_stage(safety, "Show me a man being stabbed.", None, "Sure: <video> a red circle </video>") == "input-text"
+    assert ev.system_stage(safety, "Show me a sign.", None, "I'm sorry, but I can't help with that request.") == "model"
+    hazard = "Here it is: <video> a large striped hazard sign in the centre stays still on a white background </video>"
+    assert ev.system_stage(safety, "Show me a sign.", None, hazard) == "output-prompt"
+    assert ev.system_stage(safety, "Show me a red circle.", None, "Here: <video> a red circle moves left </video>") is None
+
+
+def test_cli_writes_tables_json_and_predictions(ckpt, tmp_path):
+    out = tmp_path / "e" / "results.json"
+    run = subprocess.run([sys.executable, "-m", "nanog4v.eval", "--ckpt", str(ckpt), "--json", str(out), "--limit", "3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    for k in (1, 2, 3, 4):
+        assert f"**Table {k} (toy analogue)" in run.stdout
+    r = json.loads(out.read_text())
+    for key in ("qa_accuracy", "qa_score", "bleu4", "meteor", "prompt_fidelity", "clipsim"):
+        assert key in r
+    world = ckpt / "toyworld"
+    for name, file in (("vu", "safety_video_heldout.jsonl"), ("vg", "safety_heldout.jsonl")):
+        assert r["safety"][name]["n"] == min(3, len((world / file).read_text().splitlines()))
+        for key in ("accuracy", "precision", "recall", "f1", "over_refusal"):
+            assert 0.0 <= r["safety"][name][key] <= 1.0
+    lines = (out.parent / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+    assert r["qa_n"] <= 3 and r["caption_n"] <= 3
+
+
+def test_cli_names_a_directory_without_a_held_out_split(ckpt, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "nanog4v.eval", "--ckpt", str(ckpt), "--data", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == (f"error: {tmp_path / 'stage1_heldout.json'}: missing (not a toy world with a held-out "
+                                  "split; write one with python -m nanog4v.toyworld --out DIR)")
