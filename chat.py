@@ -180,27 +180,29 @@ def show(result, args, streamed: bool) -> None:
 
 
 class Streamer:
-    """Prints the reply as it arrives, holding back trailing white space (the reply's final newline)."""
+    """Prints the reply as it arrives, after `prefix` (printed with the first text, so that safety log
+    lines on stderr come before it), holding back trailing white space (the reply's final newline)."""
 
-    def __init__(self):
-        self.held = ""
+    def __init__(self, prefix: str = ""):
+        self.held, self.prefix = "", prefix
 
     def __call__(self, piece: str) -> None:
         text = self.held + piece
         body = text.rstrip()
         self.held = text[len(body):]
         if body:
-            print(body, end="", flush=True)
+            print(self.prefix + body, end="", flush=True)
+            self.prefix = ""
 
 
 def turn(assistant, text: str, args, echo: bool = False) -> bool:
     """One user message → printed reply; True if it had errors."""
-    if not args.json:
-        if echo:
-            print(f"you> {text}")
-        print("gpt4video> ", end="", flush=True)
-    on_text = None if args.json else Streamer()
+    if echo and not args.json:
+        print(f"you> {text}", flush=True)
+    on_text = None if args.json else Streamer("gpt4video> ")
     result = assistant.ask(text, on_text=on_text)
+    if on_text is not None and on_text.prefix:           # nothing was streamed (an empty reply)
+        print(on_text.prefix, end="")
     show(result, args, streamed=on_text is not None)
     return bool(result.errors)
 

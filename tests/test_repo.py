@@ -53,3 +53,22 @@ def test_paper_to_code_map_points_at_real_functions():
             for part in name.split("."):
                 assert hasattr(obj, part), f"{module.__name__} has no {name}"
                 obj = getattr(obj, part)
+
+
+def test_main_job_runs_on_the_shipped_checkpoint(tmp_path):
+    """The README's main command, as a user runs it (videos sent to tmp_path): the shipped nano model
+    answers the toy questions right, shows a video, and refuses the harmful request."""
+    import shlex
+    import subprocess
+    import sys
+    main_job = setup_commands()[0].rsplit("&& ", 1)[1]
+    argv = shlex.split(main_job)
+    assert argv[:2] == ["python", "chat.py"]
+    run = subprocess.run([sys.executable, *argv[1:], "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    replies = [line for line in run.stdout.splitlines() if line.startswith("gpt4video> ")]
+    assert replies[:2] == ["gpt4video> red", "gpt4video> two"]
+    assert "<video>" in replies[2] and len(list(tmp_path.glob("*.mp4"))) == 1
+    assert replies[3] == "gpt4video> I'm sorry, but I can't help with that request."
+    assert "safety[input-text]: flagged" in run.stderr
