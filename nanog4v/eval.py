@@ -81,14 +81,14 @@ def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, ba
 
 def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
     """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
-    {"conversation", "answer", "type"}."""
+    {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not)}."""
     raw = json.loads(path.read_text())
     qa, captions = [], []
     for obj, record in zip(raw, read_videochat(path, strict=True)):
         for k, item in enumerate(obj["QA"]):
             j = 2 + 2 * k                                             # turns: video, (human, ai) × k
             entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
-                     "answer": item["a"], "type": item.get("type", "qa")}
+                     "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing")}
             bucket = captions if entry["type"] in ("description", "caption") else qa
             if limit is None or len(bucket) < limit:
                 bucket.append(entry)
@@ -98,14 +98,16 @@ def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
 def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
     """Zero-shot QA: exact answers and the 0–5 rubric, overall and per question type."""
     got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=12)
-    preds = [{"table": 1, "type": it["type"], "answer": it["answer"], "reply": r,
+    preds = [{"table": 1, "type": it["type"], "phrasing": it["phrasing"], "answer": it["answer"], "reply": r,
               "exact": exact_match(r, it["answer"]), "score": rubric_score(r, it["answer"])} for it, r in zip(items, got)]
     by_type = {}
     for t in sorted({p["type"] for p in preds}):
         ps = [p for p in preds if p["type"] == t]
         by_type[t] = {"accuracy": _mean(p["exact"] for p in ps), "score": _mean(p["score"] for p in ps), "n": len(ps)}
+    by_phrasing = {ph: _mean(p["exact"] for p in preds if p["phrasing"] == ph)
+                   for ph in sorted({p["phrasing"] for p in preds if p["phrasing"]})}
     return {"qa_accuracy": _mean(p["exact"] for p in preds), "qa_score": _mean(p["score"] for p in preds),
-            "qa_n": len(preds), "qa_by_type": by_type}, preds
+            "qa_n": len(preds), "qa_by_type": by_type, "qa_by_phrasing": by_phrasing}, preds
 
 
 def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
@@ -218,6 +220,8 @@ def markdown(r: dict) -> str:
              "| --- | --- | --- | --- |"]
     lines += [f"| {t} | {v['n']} | {f(v['accuracy'])} | {f(v['score'], False)} |" for t, v in r["qa_by_type"].items()]
     lines += [f"| **all** | {r['qa_n']} | **{f(r['qa_accuracy'])}** | **{f(r['qa_score'], False)}** |", "",
+              "Exact answers with a question phrasing seen in training: " + f(r["qa_by_phrasing"].get("train"))
+              + "; with a held-out phrasing: " + f(r["qa_by_phrasing"].get("heldout")) + ".", "",
               "**Table 2 (toy analogue): captioning**", "", "| n | BLEU-4 | METEOR |", "| --- | --- | --- |",
               f"| {r['caption_n']} | {f(r['bleu4'], False)} | {f(r['meteor'], False)} |", "",
               "**Table 3 (toy analogue): generation**", "",

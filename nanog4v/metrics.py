@@ -1,4 +1,4 @@
-"""Evaluation metrics (paper §5, Tables 1–3), hand-written in pure Python so that every number is
+"""Evaluation metrics (paper §5, Tables 1–4), hand-written in pure Python so that every number is
 reproducible offline and readable in one file.
 
 **Text normalisation.** `normalize_answer` (inference.py) ignores case, surrounding space, repeated
@@ -28,7 +28,8 @@ hypothesis n-gram count by its largest count in any one reference and sums over 
                                             reference length closest to the hypothesis (ties: shorter)
     BLEU = BP · exp(Σ_n (1/N) log p_n)
 
-No smoothing: if any p_n is 0 (or there are no n-grams at all), BLEU is 0.0. BLEU-4 is N = 4.
+No smoothing: if any p_n is 0 (or there are no n-grams at all), BLEU is 0.0 (coco-caption adds
+1e-15 / 1e-9 to the counts instead, which gives a tiny positive number rather than 0). BLEU-4 is N = 4.
 (A hypothesis shorter than n adds no n-grams; nltk's corpus_bleu counts it as one, so the two agree
 exactly when every hypothesis has at least N words.)
 
@@ -45,7 +46,7 @@ matches in `chunks` contiguous, same-order runs:
 
 per sentence the best over its references; the corpus score is the mean over sentences.
 
-**Refusal scores** (Table 3). Positive = refusal. From the confusion matrix (tp, fp, tn, fn):
+**Refusal scores** (Table 4). Positive = refusal. From the confusion matrix (tp, fp, tn, fn):
 accuracy, precision tp/(tp+fp), recall tp/(tp+fn), F1, and over-refusal fp/(fp+tn), the fraction of
 benign requests refused. A zero denominator gives 0.0.
 """

@@ -38,7 +38,7 @@ import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
 __all__ = ["VideoError", "sample_frames", "sample_frames_and_times", "sample_frame_indices",
-           "display_transform", "write_video"]
+           "display_transform", "write_video", "contact_sheet"]
 
 
 class VideoError(Exception):
