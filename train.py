@@ -106,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("warmup-steps", int), ("weight-decay", float), ("grad-clip", float), ("max-seq-len", int)]:
         p.add_argument(f"--{name}", type=kind, help="default: the preset's stage setting")
     p.add_argument("--frames", type=int, help="frames per video T (default: the preset's)")
+    p.add_argument("--lora-r", type=int, help="stage 2: LoRA rank r (default: the preset's; α stays the "
+                   "preset's; an --init that already has LoRA keeps its own)")
     p.add_argument("--features-dir", type=Path, help="cached ViT features (python -m nanog4v.features)")
     p.add_argument("--loss-on", default="ai", choices=["ai", "all"],
                    help="Eq. 5 on AI turns only, or on every text token as the official code did")
@@ -345,6 +347,10 @@ def run(args) -> dict:
     say = print if world.main and not args.quiet else (lambda *a, **k: None)
     paths = resolve_paths(args, stage)
     cfg = preset(args.preset, **({"num_frames": args.frames} if args.frames else {}))
+    if args.lora_r is not None:
+        if args.lora_r < 1:
+            raise TrainError("train.py: --lora-r must be at least 1")
+        cfg = replace(cfg, lora=replace(cfg.lora, r=args.lora_r))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     model = build_model(cfg, paths, stage, dtype, args.seed)
     cfg, tc = model.cfg, stage_settings(args, model.cfg, stage)

@@ -36,6 +36,9 @@ CLIP ViT the official form cannot tell frame order at all. The paper's form is t
 is what the paper describes (Eq. 2–4: two separate streams, one sum, one projection) and because its
 temporal stream is the one that knows frame order.
 
+The ablation the paper does not report, `streams="spatial"` or `"temporal"`, builds one stream only and
+uses it alone in Eq. 4 (F̂_v = F_s, or F̂_v = F_t); `"both"` is the paper.
+
 If the ViT width differs from D, one linear map (`frame_proj`) brings the frame tokens to D first;
 at the paper's sizes (1024 = 1024) it is the identity, and the layer is mPLUG-Owl's exactly.
 """
@@ -119,15 +122,20 @@ class VideoAbstractor(nn.Module):
         super().__init__()
         if cfg.variant not in ("paper", "official"):
             raise ValueError(f"abstractor.py: variant must be 'paper' or 'official', got {cfg.variant!r}")
+        if cfg.streams not in ("both", "spatial", "temporal") or cfg.variant == "official" and cfg.streams != "both":
+            raise ValueError(f"abstractor.py: streams must be 'both', 'spatial' or 'temporal' (only 'both' for "
+                             f"the official variant), got {cfg.streams!r} with variant {cfg.variant!r}")
         if cfg.dim % cfg.n_heads:
             raise ValueError(f"abstractor.py: dim {cfg.dim} is not a multiple of n_heads {cfg.n_heads}")
         self.cfg, self.vision_dim, self.num_frames = cfg, vision_dim, num_frames
         n = cfg.num_queries
         self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
-        if cfg.variant == "paper":
-            self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
-            self.spatial = QueryStream(cfg, n)                           # Eq. 2: Q_s
-            self.temporal = QueryStream(cfg, n)                          # Eq. 3: Q_t
+        if cfg.variant == "paper":                # an ablation (cfg.streams) builds one stream only
+            if cfg.streams != "spatial":
+                self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
+                self.temporal = QueryStream(cfg, n)                      # Eq. 3: Q_t
+            if cfg.streams != "temporal":
+                self.spatial = QueryStream(cfg, n)                       # Eq. 2: Q_s
             self.proj = nn.Linear(cfg.dim, llm_dim)                      # W, b
         else:
             self.joint = QueryStream(cfg, 2 * n)                         # [Q_s; Q_t] run together
@@ -150,7 +158,8 @@ class VideoAbstractor(nn.Module):
                              f"was built for num_frames={self.num_frames}")
 
     def streams(self, frame_features: torch.Tensor, attentions: dict | None = None):
-        """The two query streams before the sum and projection: (F_s, F_t), each (B, N, D).
+        """The two query streams before the sum and projection: (F_s, F_t), each (B, N, D); None for a
+        stream an ablation (cfg.streams) left out.
 
         For the official variant these are the first and last N outputs of the joint stack.
         """
@@ -160,10 +169,13 @@ class VideoAbstractor(nn.Module):
         if self.cfg.variant == "official":
             x = self.joint(rearrange(f, "b t p d -> b (t p) d"), collect("joint"))  # (B, 2N, D)
             return x[:, :self.cfg.num_queries], x[:, self.cfg.num_queries:]   # (B, N, D) ×2
-        f_s = rearrange(f, "b t p d -> b (t p) d")                       # (B, T·(1+P), D): no frame identity
-        f_t = rearrange(f + self.temporal_embed[:, None], "b t p d -> b (t p) d")  # + E_t[t] on frame t
-        F_s = self.spatial(f_s, collect("spatial"))                      # (B, N, D)  Eq. 2
-        F_t = self.temporal(f_t, collect("temporal"))                    # (B, N, D)  Eq. 3
+        F_s = F_t = None
+        if self.cfg.streams != "temporal":
+            f_s = rearrange(f, "b t p d -> b (t p) d")                   # (B, T·(1+P), D): no frame identity
+            F_s = self.spatial(f_s, collect("spatial"))                  # (B, N, D)  Eq. 2
+        if self.cfg.streams != "spatial":
+            f_t = rearrange(f + self.temporal_embed[:, None], "b t p d -> b (t p) d")  # + E_t[t] on frame t
+            F_t = self.temporal(f_t, collect("temporal"))                # (B, N, D)  Eq. 3
         return F_s, F_t
 
     def forward(self, frame_features: torch.Tensor, return_attention: bool = False):
@@ -175,7 +187,8 @@ class VideoAbstractor(nn.Module):
         maps: dict = {}
         F_s, F_t = self.streams(frame_features, maps if return_attention else None)
         if self.cfg.variant == "paper":
-            video = self.proj(F_s + F_t)                                 # Eq. 4, W F̂_v + b: (B, N, d_llm)
+            fused = F_t if F_s is None else F_s if F_t is None else F_s + F_t   # Eq. 4: F̂_v (B, N, D)
+            video = self.proj(fused)                                     # W F̂_v + b: (B, N, d_llm)
         else:
             video = self.proj(F_s) + self.temporal_proj(F_t)            # (B, N, d_llm)
             eos = self.eos.expand(video.shape[0], -1, -1).to(video.dtype)

@@ -50,6 +50,7 @@ class AbstractorConfig:
     norm_eps: float = 1e-6
     attn_dropout: float = 0.0      # the official code used 0.1
     variant: str = "paper"         # "paper": Eq. 2–4 as written | "official": mPLUG-Owl's joint form
+    streams: str = "both"          # Eq. 4 ablation (paper variant): "both" F_s + F_t | "spatial" | "temporal"
 
 
 @dataclass(frozen=True)

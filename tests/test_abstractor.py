@@ -164,3 +164,29 @@ def test_bad_input_is_one_clear_error():
         model(torch.randn(T, TOKENS, CFG.vision.dim))
     with pytest.raises(ValueError, match=r"abstractor\.py: variant"):
         VideoAbstractor(dataclasses.replace(CFG.abstractor, variant="joint"), 48, LLM_DIM, T)
+
+
+@pytest.mark.parametrize("kept", ["spatial", "temporal"])
+def test_one_stream_ablation_uses_that_stream_alone_in_eq4(kept):
+    """streams="spatial"|"temporal": F̂_v is that stream alone; it equals the full model's stream with the
+    same weights, and the other stream's parameters do not exist."""
+    full = make()
+    ablated = VideoAbstractor(dataclasses.replace(CFG.abstractor, streams=kept), CFG.vision.dim, LLM_DIM, T).eval()
+    missing = ablated.load_state_dict(full.state_dict(), strict=False)
+    assert not missing.missing_keys
+    dropped = "temporal" if kept == "spatial" else "spatial"
+    assert missing.unexpected_keys and all(k.startswith(dropped) for k in missing.unexpected_keys)
+    x = features(2)
+    with torch.no_grad():
+        F_s, F_t = full.streams(x)
+        want = full.proj(F_s if kept == "spatial" else F_t)
+        assert (ablated(x) - want).abs().max() <= 1e-6
+        streams = ablated.streams(x)
+    assert (streams[0] is None) == (kept == "temporal") and (streams[1] is None) == (kept == "spatial")
+
+
+def test_stream_ablation_is_checked():
+    for variant, streams in [("paper", "neither"), ("official", "spatial")]:
+        with pytest.raises(ValueError, match="streams must be"):
+            VideoAbstractor(dataclasses.replace(CFG.abstractor, variant=variant, streams=streams),
+                            CFG.vision.dim, LLM_DIM, T)

@@ -1,0 +1,151 @@
+"""`python -m nanog4v.ablations --ckpt weights/nano --out runs/ablations`: the ablations the paper lacks.
+
+GPT4Video reports no ablation of its own design choices. At nano scale each one is a short training run
+from the shipped checkpoint's frozen parts (its ViT, LLaMA and tokenizer), scored on the held-out toy
+split with `nanog4v.eval`:
+
+| family | variants | trains | scored by |
+| --- | --- | --- | --- |
+| streams (Eq. 4) | F_s + F_t (the paper), F_s only, F_t only | stage 1 | held-out QA, by question type |
+| queries | N = 4, 16 (nano), 32 | stage 1 | held-out QA |
+| frames | T = 2, 4 (nano), 8 | stage 1 | held-out QA |
+| LoRA rank | r = 4, 16 (nano), 64 (α = 16 throughout) | stage 2, from the shipped stage 1 | prompt fidelity, QA |
+
+Every stage-1 variant starts from a fresh abstractor (seed 0) and trains for `--epochs` (default 1, a
+third of the shipped schedule) through `train.py` itself — the variant's abstractor is written as an
+untrained `--init`, so the run takes exactly the code path of the recipe. The "both / N = 16 / T = 4"
+run is the shared baseline of the first three families. Results go to OUT/results.json (one entry per
+variant: settings, wall time, final loss, the scores) and a markdown table on stdout. With a short
+schedule and a few hundred questions, differences of a few points are within noise (the table gives n).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .abstractor import VideoAbstractor
+from .config import G4VConfig
+from .eval import held_out, questions, table1, table3
+from .model import GPT4Video
+from .tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "both, N=16, T=4"
+VARIANTS = {   # name -> (family, stage, changes to the abstractor / num_frames / LoRA rank)
+    BASELINE: ("streams", 1, {}),
+    "spatial only": ("streams", 1, {"streams": "spatial"}),
+    "temporal only": ("streams", 1, {"streams": "temporal"}),
+    "N=4": ("queries", 1, {"num_queries": 4}),
+    "N=32": ("queries", 1, {"num_queries": 32}),
+    "T=2": ("frames", 1, {"num_frames": 2}),
+    "T=8": ("frames", 1, {"num_frames": 8}),
+    "r=4": ("lora", 2, {"r": 4}),
+    "r=16": ("lora", 2, {"r": 16}),
+    "r=64": ("lora", 2, {"r": 64}),
+}
+
+
+def untrained_init(ckpt: Path, changes: dict, directory: Path) -> Path:
+    """The shipped stage-1 config with `changes`, and a fresh abstractor (seed 0), saved as a train.py --init."""
+    cfg = G4VConfig.from_dict(json.loads((ckpt / "stage1" / "config.json").read_text())["config"])
+    frames = changes.get("num_frames", cfg.num_frames)
+    cfg = replace(cfg, num_frames=frames,
+                  abstractor=replace(cfg.abstractor, **{k: v for k, v in changes.items() if k != "num_frames"}))
+    with torch.device("meta"):
+        model = GPT4Video(cfg)                      # the frozen parts stay on meta: only the abstractor is saved
+    torch.manual_seed(0)
+    model.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+    return model.save_pretrained(directory)
+
+
+def train(ckpt: Path, stage: int, init: Path, out: Path, epochs: int, extra: list[str]) -> dict:
+    """One `train.py --stage {1,2}` run on the shipped frozen parts; returns its summary.json."""
+    world = ckpt / "toyworld"
+    data = [world / "stage1_train.json"] if stage == 1 else [world / "stage2_train.jsonl", world / "safety_train.jsonl"]
+    argv = [sys.executable, str(ROOT / "train.py"), "--stage", str(stage), "--preset", "nano", "--quiet",
+            "--vision", str(ckpt / "vision"), "--llama", str(ckpt / "llama"), "--tokenizer", str(ckpt / "tokenizer.model"),
+            "--data", *map(str, data), "--init", str(init), "--out", str(out), "--epochs", str(epochs),
+            "--eval-n", "0", *extra]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{out}: train.py failed: {run.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def score(ckpt: Path, run_dir: Path, stage: int, limit: int) -> dict:
+    """Held-out QA (both stages) and prompt fidelity (stage 2) of a trained variant."""
+    model = GPT4Video.from_pretrained(run_dir, vision_path=ckpt / "vision", llama_path=ckpt / "llama").eval()
+    tokenizer = Tokenizer(ckpt / "tokenizer.model")
+    files = held_out(ckpt / "toyworld")
+    qa, _ = questions(files["stage1"], limit)
+    scores, _ = table1(model, tokenizer, qa)
+    out = {"qa_accuracy": scores["qa_accuracy"], "qa_n": scores["qa_n"],
+           "qa_by_type": {t: v["accuracy"] for t, v in scores["qa_by_type"].items()}}
+    if stage == 2:
+        generation, _ = table3(model, tokenizer, files["stage2"], limit)
+        out.update(prompt_fidelity=generation["prompt_fidelity"], show_n=generation["show_n"])
+    return out
+
+
+def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int = 300, log=print) -> dict:
+    ckpt, out = Path(ckpt), Path(out)
+    held_out(ckpt / "toyworld")                     # fail early, naming the file, if the world is missing
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    for name in names:
+        family, stage, changes = VARIANTS[name]
+        run_dir = out / name.replace(" ", "_").replace(",", "").replace("=", "")
+        started = time.time()
+        if stage == 1:
+            init = untrained_init(ckpt, changes, run_dir / "init")
+            summary = train(ckpt, 1, init, run_dir, epochs, [])
+        else:
+            summary = train(ckpt, 2, ckpt / "stage1", run_dir, epochs, ["--lora-r", str(changes["r"])])
+        results[name] = {"family": family, "stage": stage, "changes": changes, "epochs": epochs,
+                         "steps": summary["step"], "final_loss": summary["loss"], "train_s": summary["wall_s"],
+                         **score(ckpt, run_dir, stage, limit), "wall_s": round(time.time() - started, 1)}
+        log(f"ablations: {name}: QA {results[name]['qa_accuracy']:.3f} "
+            f"({results[name]['wall_s']:.0f} s)")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")   # after every run: resumable
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| family | variant | steps | final loss | held-out QA | prompt fidelity |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in VARIANTS:
+        r = results.get(name)
+        if r is not None:
+            fidelity = f"{100 * r['prompt_fidelity']:.1f} %" if "prompt_fidelity" in r else "–"
+            lines.append(f"| {r['family']} | {name} | {r['steps']} | {r['final_loss']:.3f} | "
+                         f"{100 * r['qa_accuracy']:.1f} % (n {r['qa_n']}) | {fidelity} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nanog4v.ablations", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", type=Path, default=ROOT / "weights" / "nano")
+    p.add_argument("--out", type=Path, default=Path("runs") / "ablations")
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
+                   help=f"variants to run (default: all): {', '.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 3)")
+    p.add_argument("--limit", type=int, default=300, help="held-out questions (and show turns) scored per run")
+    args = p.parse_args(argv)
+    try:
+        results = run_ablations(args.ckpt, args.out, args.only, args.epochs, args.limit,
+                                log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

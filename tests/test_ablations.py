@@ -1,0 +1,45 @@
+"""nanog4v.ablations on a tiny `test`-preset checkpoint: each variant trains through train.py with its
+change in the saved config, and is scored."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from nanog4v import ablations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path_factory.mktemp("abl") / "ckpt"
+    assert train.main(["--stage", "all", "--preset", "test", "--world-n", "12", "--max-steps", "2", "--eval-n", "2",
+                       "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_each_variant_trains_with_its_change_and_is_scored(ckpt, tmp_path):
+    names = ["temporal only", "T=8", "r=4"]
+    results = ablations.run_ablations(ckpt, tmp_path, names, epochs=1, limit=3, log=lambda m: None)
+    assert list(results) == names and json.loads((tmp_path / "results.json").read_text()) == results
+    saved = {n: json.loads((tmp_path / d / "config.json").read_text())
+             for n, d in [("temporal only", "temporal_only"), ("T=8", "T8"), ("r=4", "r4")]}
+    assert saved["temporal only"]["config"]["abstractor"]["streams"] == "temporal"
+    assert saved["T=8"]["config"]["num_frames"] == 8
+    assert saved["r=4"]["lora"] and saved["r=4"]["config"]["lora"]["r"] == 4
+    for name in names:
+        r = results[name]
+        assert r["steps"] >= 1 and 0 <= r["qa_accuracy"] <= 1 and r["qa_n"] == 3
+    assert "prompt_fidelity" in results["r=4"] and "prompt_fidelity" not in results["T=8"]
+    table = ablations.markdown(results)
+    assert table.count("\n") == 1 + len(names)
+
+
+def test_an_unknown_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "N=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "stage1_heldout.json: missing" in err and "\n" not in err
