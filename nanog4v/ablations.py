@@ -33,8 +33,11 @@ import torch
 from .abstractor import VideoAbstractor
 from .config import G4VConfig
 from .eval import held_out, questions, table1, table3
+from .features import cache_features, unique_videos
 from .model import GPT4Video
+from .readers import read_videochat
 from .tokenizer import Tokenizer
+from .weights import load_vision
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "both, N=16, T=4"
@@ -63,6 +66,15 @@ def untrained_init(ckpt: Path, changes: dict, directory: Path) -> Path:
     torch.manual_seed(0)
     model.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
     return model.save_pretrained(directory)
+
+
+def features(ckpt: Path, out: Path, num_frames: int) -> Path:
+    """The frozen ViT's features of every stage-1 training clip at T = num_frames, cached once in
+    OUT/features_T{T} (stage 1 then never decodes a video: ≈ 25× faster on a CPU)."""
+    directory = out / f"features_T{num_frames}"
+    videos = unique_videos(list(read_videochat(ckpt / "toyworld" / "stage1_train.json")))
+    cache_features(load_vision(ckpt / "vision"), videos, directory, num_frames, progress=False)
+    return directory
 
 
 def train(ckpt: Path, stage: int, init: Path, out: Path, epochs: int, extra: list[str]) -> dict:
@@ -104,7 +116,8 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int = 300
         started = time.time()
         if stage == 1:
             init = untrained_init(ckpt, changes, run_dir / "init")
-            summary = train(ckpt, 1, init, run_dir, epochs, [])
+            frames = json.loads((init / "config.json").read_text())["config"]["num_frames"]
+            summary = train(ckpt, 1, init, run_dir, epochs, ["--features-dir", str(features(ckpt, out, frames))])
         else:
             summary = train(ckpt, 2, ckpt / "stage1", run_dir, epochs, ["--lora-r", str(changes["r"])])
         results[name] = {"family": family, "stage": stage, "changes": changes, "epochs": epochs,

@@ -132,6 +132,15 @@ def remove_video_prompts(reply: str, prompts: list[VideoPrompt]) -> str:
 
 # --- the session ----------------------------------------------------------------------------------------
 
+def unused_path(path: Path) -> Path:
+    """`path`, or `stem-2.mp4`, `stem-3.mp4`, … if taken: a second conversation writing into the same
+    --out never overwrites the videos of the first."""
+    k = 1
+    while path.with_stem(path.stem + (f"-{k}" if k > 1 else "")).exists():
+        k += 1
+    return path.with_stem(path.stem + (f"-{k}" if k > 1 else ""))
+
+
 @dataclass
 class TurnResult:
     """What one turn produced; `to_json` is the --json object of DESIGN.md §4 (plus prompts and errors)."""
@@ -282,7 +291,7 @@ class Assistant:
             if self.generator is None:
                 result.notes.append(f"video {j}: {prompt.text!r} (no generator: --t2v none)")
                 continue
-            path = self.out_dir / f"turn{self.turn_count:03d}_video{j}.mp4"
+            path = unused_path(self.out_dir / f"turn{self.turn_count:03d}_video{j}.mp4")
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 seed = None if self.sampling.seed is None else self.sampling.seed + 1000 * self.turn_count + j
