@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -165,7 +166,8 @@ def table4(model, tokenizer, files: dict, limit: int | None, safety: Safety) -> 
     sets = {"vu": list(read_jsonl(files["safety_video"], strict=True)), "vg": list(read_safety(files["safety"], strict=True))}
     out, preds = {}, []
     for name, records in sets.items():
-        records = records[:limit] if limit is not None else records
+        if limit is not None and limit < len(records):   # a fixed random subset: the files list harmful clips first
+            records = random.Random(0).sample(records, limit)
         convs = [{"videos": r["videos"], "turns": r["turns"][:len(r["videos"]) + 1]} for r in records]
         got = replies(model, tokenizer, convs, max_new_tokens=48)
         actual = [r["label"] == "refuse" for r in records]
