@@ -230,13 +230,12 @@ def plot_losses(log: Path, png: Path, title: str) -> Path | None:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # not pyplot: no GUI backend, and a notebook's stays as it is
     steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
     k = max(1, len(losses) // 20)
     smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=1, label="loss (Eq. 5)")
     ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {k}" if k > 1 else None)
     ax.set(xlabel="optimiser step", ylabel="cross-entropy (nats/token)", title=title)
@@ -244,7 +243,6 @@ def plot_losses(log: Path, png: Path, title: str) -> Path | None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png)
-    plt.close(fig)
     return png
 
 
@@ -303,9 +301,7 @@ def run_all(args) -> dict:
 
 def plot_recipe(out: Path) -> Path:
     """OUT/losses.png: the loss curve of every stage of --stage all, side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # not pyplot: no GUI backend, and a notebook's stays as it is
     report = json.loads((out / "stage0.json").read_text())
     curves = {"stage 0: ViT (attribute BCE)": report["vision"]["losses"],
               "stage 0: LLaMA (Eq. 5 on the toy text)": report["llama"]["losses"]}
@@ -313,7 +309,8 @@ def plot_recipe(out: Path) -> Path:
         log = out / f"stage{k}" / "log.jsonl"
         curves[f"stage {k}: {'abstractor' if k == 1 else 'LoRA'} (Eq. 5)"] = [
             json.loads(line)["loss"] for line in log.read_text().splitlines() if line]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), dpi=100)
+    fig = Figure(figsize=(14, 3.2), dpi=100)
+    axes = fig.subplots(1, 4)
     for ax, (title, losses) in zip(axes, curves.items()):
         k = max(1, len(losses) // 20)
         ax.plot(losses, color="tab:blue", alpha=0.3, lw=1)
@@ -323,7 +320,6 @@ def plot_recipe(out: Path) -> Path:
     axes[0].set_ylabel("loss")
     fig.tight_layout()
     fig.savefig(out / "losses.png")
-    plt.close(fig)
     return out / "losses.png"
 
 
