@@ -17,8 +17,6 @@ per step; without one, forward is the plain causal training forward.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -84,6 +82,49 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+# --- the matmul of batch-1 decoding on the CPU ------------------------------------------------------
+
+# oneDNN's fused linear op (what torch.compile calls on the CPU); absent from builds without oneDNN
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_MIN_WEIGHT = 1 << 19   # elements; a oneDNN call costs ~15 µs, so smaller matrices keep MKL
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x Wᵀ + b, like `F.linear`, with a faster kernel for the one-row products of CPU decoding.
+
+    Decoding one token multiplies every weight matrix by one vector, so a step costs the time to
+    stream the weights from memory. PyTorch's default kernels for that one-row product leave most
+    of the memory bandwidth unused on the CPU (bench/RESULTS.md, 2-core EPYC):
+      fp32       MKL's sgemv runs on one thread (~12 GB/s); oneDNN's linear uses them all (~30 GB/s)
+                 but costs ~15 µs more a call, so it takes only matrices of ≥ 2¹⁹ elements
+      bf16/fp16  oneDNN repacks the weight on every call (~10-19 GB/s); ATen's own gemv, which runs
+                 when oneDNN is switched off, reads each weight once (~21-33 GB/s)
+    Only inference (no autograd graph) with a single row on the CPU takes these paths; training,
+    prefill, batches and GPUs use `F.linear`. Same values up to summation order (~1e-6 relative).
+    Switching oneDNN off is process-global for the one call: another thread's matmul in that window
+    would also skip oneDNN (slower, same result).
+    """
+    if x.device.type != "cpu" or x.numel() != x.shape[-1] or torch.is_grad_enabled():
+        return F.linear(x, weight, bias)
+    onednn = torch.backends.mkldnn.enabled                              # unless the user switched it off
+    if x.dtype == torch.float32 and onednn and ONEDNN_LINEAR and weight.numel() >= ONEDNN_MIN_WEIGHT:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if x.dtype in (torch.bfloat16, torch.float16) and onednn:
+        torch.backends.mkldnn.enabled = False
+        try:
+            return F.linear(x, weight, bias)
+        finally:
+            torch.backends.mkldnn.enabled = True
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same state-dict keys) whose forward is `linear` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class KVCache(nn.Module):
     """Keys and values of one attention layer, preallocated for `max_seq_len` positions.
 
@@ -123,10 +164,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_proj = Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, start_pos):
@@ -151,9 +192,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gate_proj = Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))   # (B, L, D)
@@ -186,7 +227,7 @@ class LLaMA(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         self.tie_weights()
 
@@ -245,13 +286,11 @@ class LLaMA(nn.Module):
         cached = self.has_cache
         positions, mask = self._positions_and_mask(B, L, start_pos, attention_mask, cached, h.device)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)  # (B, L, d)
-        one_row_cpu = h.device.type == "cpu" and B * L == 1 and h.dtype in (torch.bfloat16, torch.float16)
-        with cpu_gemv(one_row_cpu):                                      # batch-1 decoding: see cpu_gemv
-            for layer in self.layers:
-                h = layer(h, cos, sin, mask, start_pos)                  # (B, L, D)
-            if last_only:
-                h = h[:, -1:]                                            # (B, 1, D)
-            return self.lm_head(self.norm(h)).float()                    # (B, L, V)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, start_pos)                      # (B, L, D)
+        if last_only:
+            h = h[:, -1:]                                                # (B, 1, D)
+        return self.lm_head(self.norm(h)).float()                        # (B, L, V)
 
     @staticmethod
     def _positions_and_mask(B, L, start_pos, attention_mask, cached, device):
@@ -281,32 +320,10 @@ class LLaMA(nn.Module):
         return positions, mask[:, None]                                  # (B, 1, L, S)
 
 
-@contextlib.contextmanager
-def cpu_gemv(active: bool):
-    """Route one-row bf16/fp16 matmuls on the CPU (batch-1 decoding) to ATen's own gemv.
-
-    Decoding one token is a matrix-vector product per weight: its speed is how fast the weights
-    stream from memory. oneDNN, PyTorch's default for bf16 matmuls on the CPU, repacks the weight
-    on every call and reached about half the memory bandwidth here, while ATen's gemv (used when
-    oneDNN is off) reads each weight once (bench/llama7b.py). Matmuls with several rows (prefill,
-    batches, training) keep oneDNN, which is far faster for them. The switch is process-global
-    while active: another thread's matmuls in that window also skip oneDNN (slower, same results).
-    """
-    if not active:
-        yield
-        return
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 def num_parameters(model: nn.Module) -> int:
     """Distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["LLaMA", "RMSNorm", "rope_cos_sin", "rotate_half", "apply_rope", "KVCache", "Attention",
-           "MLP", "Block", "cpu_gemv", "num_parameters"]
+           "MLP", "Block", "Linear", "linear", "num_parameters"]

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .llama import linear
 from .weights import CheckpointError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -43,7 +44,8 @@ class LoRALinear(nn.Module):
 
     The adapter is stored in float32 when the base is float16/bfloat16 (as peft does by default):
     small learning-rate updates would vanish in bf16. Its input is cast to the adapter's dtype and
-    its output back to the base's.
+    its output back to the base's. The frozen matmul W x goes through `llama.linear`, so decoding
+    with an unmerged adapter keeps the fast one-row CPU kernel.
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
@@ -66,7 +68,7 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)                          # (..., out)  W x + b
+        y = linear(x, self.weight, self.bias)                            # (..., out)  W x + b
         if self.merged:                                                  # ΔW is already inside W
             return y
         h = self.dropout(x).to(self.lora_A.dtype)                        # (..., in)

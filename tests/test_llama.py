@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from nanog4v import weights
 from nanog4v.config import LlamaConfig
-from nanog4v.llama import LLaMA, apply_rope, rope_cos_sin
+from nanog4v.llama import LLaMA, apply_rope, linear, rope_cos_sin
 from nanog4v.weights import CheckpointError, load_llama, save_llama
 
 transformers = pytest.importorskip("transformers")
@@ -190,7 +191,7 @@ def test_kv_cache_decoding_equals_full_forward():
 
 
 def test_bf16_decoding_matches_fp32_and_restores_onednn():
-    """bf16 batch-1 decode runs its one-row matmuls outside oneDNN (llama.cpu_gemv), then restores it."""
+    """bf16 batch-1 decode runs its one-row matmuls outside oneDNN (llama.linear), then restores it."""
     model, T = tiny_llama(dim=256, n_heads=4, n_kv_heads=4, hidden_dim=512), 6
     ids = torch.randint(0, 128, (1, T))
     with torch.no_grad():
@@ -276,3 +277,20 @@ def test_rope_scores_depend_only_on_relative_position():
         return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
     assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-4)
     assert len({round(score(7, n), 3) for n in range(8)}) == 8            # but it does depend on m − n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_linear_equals_f_linear(dtype):
+    """llama.linear: the batch-1 decoding kernels give F.linear's values; with autograd it is F.linear."""
+    torch.manual_seed(0)
+    w, b = torch.randn(6000, 96, dtype=dtype), torch.randn(6000, dtype=dtype)  # ≥ ONEDNN_MIN_WEIGHT
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for x in (torch.randn(1, 1, 96, dtype=dtype), torch.randn(96, dtype=dtype), torch.randn(3, 96, dtype=dtype)):
+        with torch.inference_mode():
+            for bias in (None, b):
+                got, ref = linear(x, w, bias), F.linear(x, w, bias)
+                assert got.shape == ref.shape and got.dtype == ref.dtype
+                assert ((got - ref).abs().max() / ref.abs().max()).item() <= tol
+    x = torch.randn(1, 96, requires_grad=True)                   # training: a differentiable F.linear
+    linear(x, w.float(), b.float()).sum().backward()
+    assert torch.allclose(x.grad, w.float().sum(0), atol=1e-3) and torch.backends.mkldnn.enabled
