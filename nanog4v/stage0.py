@@ -32,6 +32,19 @@ token instead, as plain pretraining would, spends most of the gradient on the ca
 random and cannot be predicted: on the nano world, 300 steps gave 41 % exact answers to val questions
 about captions with every token trained, 64 % with the answers only.
 
+**Reading practice** (`reading_documents`, `Stage0Settings.llama_reading`). A pretrained LLM has read
+about every colour of every shape; the toy corpus pairs only a few dozen, and a small LLaMA trained on
+it alone learns those pairs instead of reading: asked to show "an orange triangle" (a held-out pair)
+it wrote "an orange heart" into the `<video>` prompt. So every epoch also reads fresh scenes that exist
+only as words, drawn from a wider vocabulary (a "teal hexagon" on a "gold" background; never a
+held-out pair of the world), as description, QA and show-me documents plus a drill that asks every
+object's motion and place, with harmless words around half of the questions ("Okay, …", "… Thanks.").
+Measured on the nano world, the stage-0 LLaMA alone, the clip given as its caption, held-out split
+(4 epochs + 0.4 reading scenes per train clip, 1,968 steps, vs 6 epochs without, 1,843 steps): exact
+answers 58.5 → 61.8 % (train phrasings 74.7 → 81.0 %; shape 72 → 98 %, position 61 → 68 %), and a
+matching `<video>` prompt for 87 % instead of 39 % of first-turn show requests. What it does not fix:
+the colour of a held-out pair is still often answered with a colour seen with that shape.
+
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
 """
@@ -41,7 +54,7 @@ import io
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -56,6 +69,9 @@ from .llama import LLaMA
 from .readers import read_dialogues, read_safety, read_videochat
 from .stage0_vision import Stage0Error, pretrain_vision, read_world, save_vision
 from .tokenizer import Tokenizer
+from .toydata import choose, refer, request_phrase, stage1_records, tag
+from .toyphrases import SHOW
+from .toyworld import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
 from .trainer import lr_at, make_optimizer
 from .weights import save_llama
 
@@ -66,7 +82,9 @@ class Stage0Settings:
     vit_epochs: int = 8
     vit_batch: int = 16                # clips per step (× T frames)
     vit_lr: float = 1e-3
-    llama_epochs: int = 6
+    vit_dense_weight: float = 1.0      # per-patch colour/shape loss beside the clip labels (0: off)
+    llama_epochs: int = 4
+    llama_reading: float = 0.4         # reading practice: wider-world text scenes per epoch, per train clip
     llama_batch: int = 8               # rows of packed documents per step
     llama_block: int = 256             # tokens per row
     llama_lr: float = 1e-3
@@ -188,6 +206,76 @@ def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int) -
             "examples": [{"answer": a, "reply": b} for a, b in zip(answers[:3], replies[:3])]}
 
 
+# --- reading practice: the toy language over a wider world -------------------------------------------
+
+EXTRA_COLOURS = ("pink", "teal", "gold", "silver", "cyan", "lime", "maroon", "beige")
+EXTRA_SHAPES = ("oval", "diamond", "hexagon", "moon", "arrow", "ring")
+LEAD_INS = ("Okay,", "So,", "Quick question:", "Look at the video.", "Now tell me:", "Hmm,", "One more:",
+            "I wonder,", "Please,", "Next question.")
+TAGS_ON = ("Thanks.", "Please answer briefly.", "Be precise.", "Just the answer, please.")
+
+
+def loosen(question: str, rng: random.Random) -> str:
+    """Half the time, words around a question that do not change what it asks ("Okay, where is …?")."""
+    if rng.random() < 0.25:
+        lead = rng.choice(LEAD_INS)
+        return f"{lead} {question[0].lower() if lead.endswith(',') else question[0]}{question[1:]}"
+    if rng.random() < 1 / 3:
+        return f"{question} {rng.choice(TAGS_ON)}"
+    return question
+
+
+def reading_scene(rng: random.Random, held: set) -> Scene:
+    """A scene that exists only as words: colours, shapes and backgrounds from a wider vocabulary than
+    the videos show (never a held-out pair of the world)."""
+    colours, shapes = (*COLOURS, *EXTRA_COLOURS), (*SHAPES, *EXTRA_SHAPES)
+    n = rng.choices((1, 2, 3), weights=(4, 4, 3))[0]
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        pair = (rng.choice(colours), rng.choice(shapes))
+        if pair not in held and pair not in pairs:
+            pairs.append(pair)
+    positions = sorted(rng.sample(list(POSITIONS), n), key=list(POSITIONS).index)
+    things = tuple(Thing(shape, colour, rng.choice(list(SIZES)), position, rng.choice(MOTIONS))
+                   for (colour, shape), position in zip(pairs, positions))
+    return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
+
+
+def reading_documents(n: int, held: set, rng: random.Random) -> list[list[_Part]]:
+    """Reading practice (module docstring): n wider-world scenes, each as a description and a QA record
+    with the clip written as its caption, a drill asking every object's motion and place, and a
+    request to show it answered with its `<video>` caption. Words it cannot have memorised (a "teal
+    hexagon") make reading the caption the only way to the answer. Train phrasings only (`loosen`ed);
+    the world's held-out pairs never appear."""
+    docs = []
+    for k in range(n):
+        scene = reading_scene(rng, held)
+        for record in stage1_records(f"reading{k}", scene, "train", rng):
+            turns = [{"from": "human", "video": 0}]
+            for qa in record["QA"]:
+                question = loosen(" ".join(x for x in (qa.get("i", ""), qa["q"]) if x), rng)
+                turns += [{"from": "human", "value": question}, {"from": "ai", "value": qa["a"]}]
+            docs.append(with_caption({"videos": ["reading"], "turns": turns}, caption(scene)))
+        turns = [{"from": "human", "video": 0}]                         # every object's motion and place
+        for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
+            thing = scene.objects[i]
+            for intent, ref, answer in (("motion", refer(scene, i), thing.motion),
+                                        ("position", refer(scene, i, "position"), POSITION_PHRASES[thing.position])):
+                if ref:
+                    turns += [{"from": "human", "value": loosen(choose(rng, intent, "train")[0].format(ref=ref), rng)},
+                              {"from": "ai", "value": answer}]
+        if len(turns) > 1:
+            docs.append(with_caption({"videos": ["reading"], "turns": turns}, caption(scene)))
+        drop = {"size": 0.5, "position": 0.5, "motion": 0.2}              # as toydata.request_scene
+        request = Scene(tuple(replace(t, **{f: None for f, p in drop.items() if rng.random() < p}) for t in scene.objects),
+                        scene.background if rng.random() < 0.6 else None)
+        ask, _ = choose(rng, "show", "train")
+        turns = [{"from": "human", "value": ask.format(d=request_phrase(request, rng))},
+                 {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request))}]
+        docs.append(_layout({"videos": [], "turns": turns}))
+    return docs
+
+
 def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Settings = Stage0Settings(), *,
                    seed: int = 0, log=print) -> tuple[LLaMA, dict]:
     """Next-token pretraining on the toy text (see the module docstring); returns (model in eval mode,
@@ -199,11 +287,16 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
             for split in ("train", "val")}
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
     rng = random.Random(seed)
-    rows = [pack(docs["train"], length, rng) for _ in range(settings.llama_epochs)]   # one list per epoch
+    meta, scenes = read_world(world_dir)
+    held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
+    reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
+    rows = [pack(docs["train"] + [encode_document(tokenizer, d) for d in reading_documents(reading, held, rng)],
+                 length, rng) for _ in range(settings.llama_epochs)]             # one list per epoch
     b = settings.llama_batch
     batches = [epoch[i:i + b] for epoch in rows for i in range(0, len(epoch), b)]
     total, tokens = len(batches), sum(len(ids) for ids, _ in docs["train"])
-    log(f"stage 0 LLaMA: {len(docs['train'])} documents, {tokens:,} tokens (tokenised in {time.time() - started:.1f}s); "
+    log(f"stage 0 LLaMA: {len(docs['train'])} documents, {tokens:,} tokens (tokenised in {time.time() - started:.1f}s) "
+        f"+ {reading} reading-practice scenes an epoch; "
         f"{settings.llama_epochs} epochs of {len(rows[0])} rows ≤ {length} tokens = {total} steps")
     torch.manual_seed(seed)
     model = LLaMA(cfg)
@@ -262,6 +355,7 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
     t = time.time()
     vit, vit_metrics = pretrain_vision(cfg.vision, world_dir, cfg.num_frames, epochs=settings.vit_epochs,
                                        batch=settings.vit_batch, lr=settings.vit_lr, weight_decay=settings.weight_decay,
+                                       dense_weight=settings.vit_dense_weight,
                                        warmup_frac=settings.warmup_frac, seed=seed, log=log)
     save_vision(vit, out_dir / "vision")
     times["vision_s"] = round(time.time() - t, 1)

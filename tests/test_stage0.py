@@ -1,18 +1,23 @@
 """Stage 0 (nanog4v/stage0.py): tokenizer, ViT and LLaMA pretrained on a tiny toy world, written in the
 official layouts. Oracle for the ViT layout: transformers.CLIPVisionModel (5.23)."""
 import json
+import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
+from einops import rearrange
 
 from nanog4v.config import preset
 from nanog4v.data import AI, IGNORE, SYSTEM, _layout, encode_conversation
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
-from nanog4v.stage0 import Stage0Error, Stage0Settings, encode_document, pretraining_documents, run_stage0
-from nanog4v.stage0_vision import attribute_accuracy, hazard_separation, save_vision
+from nanog4v.stage0 import (EXTRA_COLOURS, EXTRA_SHAPES, Stage0Error, Stage0Settings, encode_document, loosen,
+                            pretraining_documents, reading_documents, run_stage0)
+from nanog4v.stage0_vision import attribute_accuracy, hazard_separation, patch_targets, save_vision
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toydata import write_world
+from nanog4v.toyworld import COLOURS, SHAPES, Scene, Thing, render
 from nanog4v.vision import VisionTransformer
 from nanog4v.weights import load_llama, load_vision
 
@@ -45,6 +50,7 @@ def test_outputs_load_through_the_official_paths(stage0):
     assert report["preset"] == "test" and set(report["times"]) == {"tokenizer_s", "vision_s", "llama_s", "total_s"}
     assert report["tokenizer"]["system_text_tokens"] == 2
     assert 0.0 <= report["vision"]["val"]["accuracy"]["mean"] <= 1.0
+    assert set(report["vision"]["val"]["patch_accuracy"]) == {"colour", "shape"}
     assert report["llama"]["caption_qa"]["n"] == SETTINGS.eval_n
 
 
@@ -186,3 +192,37 @@ def test_train_all_runs_every_stage_into_one_checkpoint_and_skips_what_is_done(t
     assert isinstance(model.llm.layers[0].self_attn.q_proj, LoRALinear) and tok.vocab_size <= CFG.llama.vocab_size
     stamp = (out / "stage2" / "gpt4video.safetensors").stat().st_mtime_ns
     assert train.main(argv) == 0 and (out / "stage2" / "gpt4video.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_patch_targets_are_the_rendered_pixels():
+    """The dense ViT targets equal, patch by patch, the share of each colour (and so each shape) among
+    the pixels the renderer paints, objects overlapping and moving included (supersample 1: one
+    sample point per pixel on both sides)."""
+    scene = Scene((Thing("star", "red", "large", "left", "spins"), Thing("circle", "blue", "large", "centre", "moves left"),
+                   Thing("heart", "yellow", "small", "top", "grows")), "navy")
+    T, size, grid = 4, 32, 4
+    frames = render(scene, num_frames=T, size=size, supersample=1)                     # (T, 32, 32, 3)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    colour, shape = patch_targets(scene, [(i + 0.5) / T for i in range(T)], grid, colours, shapes, sub=size // grid)
+    index = {tuple(rgb): k for k, rgb in enumerate(COLOURS.values())}
+    ids = torch.tensor([[[index.get(tuple(px), len(colours)) for px in row] for row in f] for f in frames])
+    want = rearrange(F.one_hot(ids, len(colours) + 1).float(), "t (gh a) (gw b) c -> t (gh gw) (a b) c", gh=grid, gw=grid).mean(2)
+    assert torch.equal(colour, want)
+    assert 0.02 < want[..., :-1].sum().item() / (T * grid * grid) < 0.5          # objects do cover patches
+    shape_of = {colours.index(t.colour): shapes.index(t.shape) for t in scene.objects} | {len(colours): len(shapes)}
+    for c, s in shape_of.items():
+        assert torch.equal(shape[..., s], colour[..., c])
+    assert torch.allclose(shape.sum(-1), torch.ones(T, grid * grid))
+
+
+def test_reading_practice_reads_a_wider_world_without_the_held_out_pairs():
+    held = {("white", "circle"), ("green", "square")}
+    docs = reading_documents(300, held, random.Random(0))
+    assert len(docs) >= 3 * 300                     # description, QA, show request (+ a drill)
+    text = "\n".join("".join(p.text for p in d) for d in docs)
+    assert "white circle" not in text and "green square" not in text
+    assert all(word in text for word in (*EXTRA_COLOURS, *EXTRA_SHAPES))
+    assert text.count("<video>") >= 300 * 2          # every scene is read in a slot and written in a tag
+    rng, q = random.Random(0), "Where is the circle?"
+    loosened = [loosen(q, rng) for _ in range(400)]
+    assert all("here is the circle?" in x for x in loosened) and 0.4 < sum(x != q for x in loosened) / 400 < 0.6
