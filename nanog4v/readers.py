@@ -137,17 +137,23 @@ def read_videochat(path, *, video_root=None, check_videos: bool = True, strict: 
     def parse(obj) -> dict:
         if not isinstance(obj, dict) or "video" not in obj or not isinstance(obj.get("QA"), list) or not obj["QA"]:
             raise DataError("expected {\"video\": path, \"QA\": [...]} with a non-empty QA list", "bad record")
-        turns: list[dict] = [{"from": "human", "video": 0}]
-        for j, qa in enumerate(obj["QA"]):
-            if not isinstance(qa, dict) or not all(isinstance(qa.get(f, ""), str) for f in "iqa"):
-                raise DataError(f"QA[{j}] is not {{\"i\", \"q\", \"a\"}} strings", "bad record")
-            question = " ".join(s for s in (qa.get("i", "").strip(), qa.get("q", "").strip()) if s)
-            if not question or not qa.get("a", "").strip():
-                raise DataError(f"QA[{j}] has an empty question or answer", "empty turn")
-            turns += [{"from": "human", "value": question}, {"from": "ai", "value": qa["a"]}]
-        return {"videos": _video_paths(obj["video"], root, check_videos), "turns": turns}
+        return {"videos": _video_paths(obj["video"], root, check_videos), "turns": videochat_turns(obj["QA"])}
 
     return _read(path, parse, strict, skips)
+
+
+def videochat_turns(qa_list: list) -> list[dict]:
+    """A VideoChat record's "QA" list → our turns: the video, then per QA a human turn ("i" and "q"
+    joined by a space) and an AI turn ("a")."""
+    turns: list[dict] = [{"from": "human", "video": 0}]
+    for j, qa in enumerate(qa_list):
+        if not isinstance(qa, dict) or not all(isinstance(qa.get(f, ""), str) for f in "iqa"):
+            raise DataError(f"QA[{j}] is not {{\"i\", \"q\", \"a\"}} strings", "bad record")
+        question = " ".join(s for s in (qa.get("i", "").strip(), qa.get("q", "").strip()) if s)
+        if not question or not qa.get("a", "").strip():
+            raise DataError(f"QA[{j}] has an empty question or answer", "empty turn")
+        turns += [{"from": "human", "value": question}, {"from": "ai", "value": qa["a"]}]
+    return turns
 
 
 def read_dialogues(path, *, strict: bool = False, skips: SkipCounter | None = None) -> Iterator[dict]:

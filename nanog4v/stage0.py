@@ -66,7 +66,7 @@ from .data import AI, HUMAN, IGNORE, SYSTEM, _encode_parts, _layout, _Part
 from .generate import SamplingConfig, generate
 from .inference import normalize_answer
 from .llama import LLaMA
-from .readers import read_dialogues, read_safety, read_videochat
+from .readers import read_dialogues, read_safety, read_videochat, videochat_turns
 from .stage0_vision import Stage0Error, pretrain_vision, read_world, save_vision
 from .tokenizer import Tokenizer
 from .toydata import choose, refer, request_phrase, stage1_records, tag
@@ -251,10 +251,9 @@ def reading_documents(n: int, held: set, rng: random.Random) -> list[list[_Part]
     for k in range(n):
         scene = reading_scene(rng, held)
         for record in stage1_records(f"reading{k}", scene, "train", rng):
-            turns = [{"from": "human", "video": 0}]
-            for qa in record["QA"]:
-                question = loosen(" ".join(x for x in (qa.get("i", ""), qa["q"]) if x), rng)
-                turns += [{"from": "human", "value": question}, {"from": "ai", "value": qa["a"]}]
+            turns = videochat_turns(record["QA"])
+            for turn in turns[1::2]:                                    # the human questions
+                turn["value"] = loosen(turn["value"], rng)
             docs.append(with_caption({"videos": ["reading"], "turns": turns}, caption(scene)))
         turns = [{"from": "human", "video": 0}]                         # every object's motion and place
         for i in rng.sample(range(len(scene.objects)), len(scene.objects)):

@@ -10,7 +10,9 @@ shape, colour, size and motion, both alone and bound to its position, "left:red"
 cross-entropy. Reading the frames in order lets the head see motion as change between frames, which
 pushes every frame's feature to say where and how big each object is; the position-bound labels make
 it bind colour and shape to a place. The head is thrown away: stage 1's abstractor reads all 1+P
-tokens of every frame.
+tokens of every frame. The hazard sign is one of the labels ("shape:hazard"), so its frames are
+recognisable; `stage0.json` reports how well a per-frame "hazard concept" direction (the mean
+embedding of hazard frames, as a safety checker would hold it) separates never-seen clips.
 
 **Dense per-patch targets** (`dense_weight`, `patch_targets`). The clip-level labels say *that* a
 frame holds a red star but not *where*, and at 64 px the pooled head alone learned shape poorly. A
@@ -19,14 +21,11 @@ shape covers that patch (soft targets: the share of the patch each covers, "none
 computed from the renderer's own geometry at the times stage 1 samples. This is the supervision that
 the abstractor's spatial queries need: objects are findable patch by patch. On the nano world it
 lifted the val clip-probe accuracy of shape 0.32 → 0.48 and motion 0.41 → 0.50 for ~10 % more ViT
-time (the patch accuracy is in stage0.json). The hazard sign is one of the labels ("shape:hazard"), so its frames are
-recognisable; `stage0.json` reports how well a per-frame "hazard concept" direction (the mean
-embedding of hazard frames, as a safety checker would hold it) separates never-seen clips.
+time (the patch accuracy is in stage0.json).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import VisionConfig
-from .toyworld import MASKS, Scene, pose
+from .toyworld import MASKS, Scene, object_coordinates
 from .trainer import lr_at, make_optimizer
 from .video import sample_frame_indices, sample_frames
 from .vision import VisionTransformer, preprocess
@@ -75,7 +74,7 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
                   sub: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft targets of the dense loss: for each frame (at clip time t ∈ [0, 1]) and each of its
     grid × grid patches, the fraction of the patch that each colour and each shape covers, the last
-    class being "none" (background). Read from the renderer's own geometry (toyworld.pose and MASKS,
+    class being "none" (background). Read from the renderer's own geometry (toyworld.object_coordinates and MASKS,
     objects painted in order, later ones on top) on sub × sub points per patch.
     Returns colour (T, P, len(colours)+1) and shape (T, P, len(shapes)+1), rows summing to 1."""
     side = grid * sub
@@ -87,10 +86,7 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
     for i, t in enumerate(times):
         owner = np.full((side, side), -1)                                       # −1 = background
         for j, thing in enumerate(scene.objects):
-            cx, cy, r, angle = pose(thing, t, side)
-            c, s = math.cos(angle), math.sin(angle)
-            u, v = ((xx - cx) * c + (yy - cy) * s) / r, (-(xx - cx) * s + (yy - cy) * c) / r
-            owner[MASKS[thing.shape](u, v)] = j
+            owner[MASKS[thing.shape](*object_coordinates(thing, t, side, xx, yy))] = j
         owner = torch.from_numpy(rearrange(owner, "(gh a) (gw b) -> (gh gw) (a b)", a=sub, b=sub))  # (P, sub²)
         share = F.one_hot(owner % (len(scene.objects) + 1), len(scene.objects) + 1).float().mean(1)  # (P, K+1)
         colour[i].index_add_(1, torch.tensor(colour_id), share)                 # background (−1) is the last K+1

@@ -210,6 +210,16 @@ def pose(thing: Thing, t: float, size: int) -> tuple[float, float, float, float]
     return x * size, y * size, r, angle
 
 
+def object_coordinates(thing: Thing, t: float, size: int, xx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points (xx, yy), in pixels of a size × size frame, in the object's own coordinates (u, v) at
+    time t: centred on it, in its radii, rotated with it (MASKS reads them)."""
+    cx, cy, r, angle = pose(thing, t, size)
+    c, s = math.cos(angle), math.sin(angle)
+    u = ((xx - cx) * c + (yy - cy) * s) / r                             # rotate the grid by −angle
+    v = (-(xx - cx) * s + (yy - cy) * c) / r
+    return u, v
+
+
 def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int = 2) -> np.ndarray:
     """The clip of a scene: uint8 (T, size, size, 3). Unsaid fields take `complete`'s defaults."""
     scene, k = complete(scene), supersample
@@ -220,10 +230,7 @@ def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int =
         image = np.empty((size * k, size * k, 3), np.float32)           # (kS, kS, 3)
         image[:] = BACKGROUNDS[scene.background]
         for thing in scene.objects:
-            cx, cy, r, angle = pose(thing, (i + 0.5) / num_frames, size)
-            c, s = math.cos(angle), math.sin(angle)
-            u = ((xx - cx) * c + (yy - cy) * s) / r                     # rotate the grid by −angle
-            v = (-(xx - cx) * s + (yy - cy) * c) / r
+            u, v = object_coordinates(thing, (i + 0.5) / num_frames, size, xx, yy)
             mask = MASKS[thing.shape](u, v)                             # (kS, kS) bool
             if thing.shape == HAZARD:
                 stripe = np.floor((u - v) * 2.2).astype(int) % 2        # diagonal bands that turn with it
