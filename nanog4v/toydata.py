@@ -104,10 +104,11 @@ def label_names() -> list[str]:
 
 # --- stage 1 ------------------------------------------------------------------------------------------
 
-def stage1_records(clip: str, scene: Scene, split: str, rng: random.Random) -> list[dict]:
-    """A description record and a QA record (VideoChat-11k shape) for one clip."""
+def stage1_records(clip: str, scene: Scene, split: str, rng: random.Random, phrasings: dict = PHRASINGS) -> list[dict]:
+    """A description record and a QA record (VideoChat-11k shape) for one clip; `phrasings` as
+    toyphrases.PHRASINGS (stage 0's reading practice passes a wider set)."""
     video = f"videos/{clip}.mp4"
-    text, held = choose(rng, "describe", split)
+    text, held = choose(rng, phrasings["describe"], split)
     desc = {"id": f"{clip}-desc", "kind": "description", "video": video,
             "QA": [{"i": text, "q": "", "a": describe(scene), "type": "description", "phrasing": _ph(held)}]}
     qa = [("caption", {}, caption(scene)), ("count", {}, NUMBERS[len(scene.objects)]),
@@ -123,7 +124,7 @@ def stage1_records(clip: str, scene: Scene, split: str, rng: random.Random) -> l
     rng.shuffle(qa)
     out = []
     for kind, slots, answer in qa[:7]:
-        text, held = choose(rng, kind, split)
+        text, held = choose(rng, phrasings[kind], split)
         asked = {"i": text, "q": ""} if kind == "caption" else {"q": text.format(**slots)}
         out.append({**asked, "a": answer, "type": kind, "phrasing": _ph(held)})
     return [desc, {"id": f"{clip}-qa", "kind": "qa", "video": video, "QA": out}]
@@ -137,7 +138,12 @@ def _ph(held: bool) -> str:
 
 def request_scene(rng: random.Random, held: set, split: str, num_objects: int | None = None) -> Scene:
     """What a user asks to see: a sampled scene with some fields left unsaid (never the colour)."""
-    scene = sample_scene(rng, held, heldout=split == "heldout", num_objects=num_objects)
+    return leave_unsaid(sample_scene(rng, held, heldout=split == "heldout", num_objects=num_objects), rng)
+
+
+def leave_unsaid(scene: Scene, rng: random.Random) -> Scene:
+    """The scene as a user might ask for it: size and position unsaid half the time, motion a fifth,
+    the background two fifths (never the colour or shape)."""
     drop = {"size": 0.5, "position": 0.5, "motion": 0.2}
     things = tuple(replace(t, **{f: None for f, p in drop.items() if rng.random() < p}) for t in scene.objects)
     return Scene(things, None if rng.random() < 0.4 else scene.background)

@@ -2,6 +2,7 @@
 official layouts. Oracle for the ViT layout: transformers.CLIPVisionModel (5.23)."""
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -10,13 +11,14 @@ import transformers
 from einops import rearrange
 
 from nanog4v.config import preset
-from nanog4v.data import AI, IGNORE, SYSTEM, _layout, encode_conversation
+from nanog4v.data import AI, HUMAN, IGNORE, SYSTEM, _layout, encode_conversation
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
-from nanog4v.stage0 import (EXTRA_COLOURS, EXTRA_SHAPES, Stage0Error, Stage0Settings, encode_document, loosen,
-                            pretraining_documents, reading_documents, run_stage0)
+from nanog4v.stage0 import Stage0Error, Stage0Settings, encode_document, pretraining_documents, run_stage0
+from nanog4v.stage0_reading import EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, frame, loosen, reading_documents
 from nanog4v.stage0_vision import attribute_accuracy, hazard_separation, patch_targets, save_vision
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toydata import write_world
+from nanog4v.toyphrases import PHRASINGS
 from nanog4v.toyworld import COLOURS, SHAPES, Scene, Thing, render
 from nanog4v.vision import VisionTransformer
 from nanog4v.weights import load_llama, load_vision
@@ -226,3 +228,22 @@ def test_reading_practice_reads_a_wider_world_without_the_held_out_pairs():
     rng, q = random.Random(0), "Where is the circle?"
     loosened = [loosen(q, rng) for _ in range(400)]
     assert all("here is the circle?" in x for x in loosened) and 0.4 < sum(x != q for x in loosened) / 400 < 0.6
+
+
+def test_reading_practice_asks_in_wider_words_but_never_a_held_out_phrasing():
+    held = [h for _, hs in PHRASINGS.values() for h in hs]
+    assert frame("Name the colour of the {ref}.") == frame("Name the shape of the {ref}.")
+    assert frame("Name the colour of the {ref}.") != frame("Say the colour of the {ref}.")
+    clashes = [(p, h) for ps in PARAPHRASES.values() for p in ps for h in held if frame(p) == frame(h)]
+    assert not clashes                               # not even with the nouns swapped
+    docs = reading_documents(300, set(), random.Random(0))
+    questions = [p.text for d in docs for p in d if p.kind == "text" and p.text.startswith(HUMAN) and "<video" not in p.text]
+    assert not [q for q in questions for pattern in map(as_pattern, held) if pattern.search(q)]
+    paraphrases = [as_pattern(p) for intent, ps in PARAPHRASES.items() for p in ps if p not in PHRASINGS[intent][0]]
+    share = sum(any(p.search(q) for p in paraphrases) for q in questions) / len(questions)
+    assert share > 0.5                               # the paraphrases are read, not only listed
+
+
+def as_pattern(template: str) -> re.Pattern:
+    """A phrasing template as a regular expression, each {slot} any words."""
+    return re.compile(re.sub(r"\\{\w+\\}", ".+", re.escape(template)))

@@ -1,0 +1,175 @@
+"""Reading practice for the stage-0 LLaMA: the toy language over a wider world, asked in wider words.
+
+A pretrained LLM has read about every colour of every shape, and it has heard every question asked in
+many ways. The toy corpus pairs only a few dozen colours and shapes and asks each question in three or
+four fixed phrasings, and a small LLaMA trained on it alone learns exactly that: asked to show "an
+orange triangle" (a held-out pair) it wrote "an orange heart" into the `<video>` prompt, and asked
+"What is the number of objects shown?" (a held-out phrasing) it answered with a shape. So every epoch
+of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exist only as words,
+
+- drawn from a **wider vocabulary** (`reading_scene`: a "teal hexagon" on a "gold" background; never a
+  held-out colour–shape pair of the world), so that reading the caption is the only way to the answer;
+- asked in **wider words** (`PARAPHRASES`): for every intent a dozen more ways to ask — other verbs
+  ("Say …", "Give …", "State …"), other nouns ("hue", "movement", "location") and other orders ("The
+  colour of the star is what?") — so that the model learns which *words* carry the question, not
+  which sentences. They are general English, as a real pretraining corpus holds them, with one rule:
+  none is a held-out phrasing of the world, nor one with only its nouns swapped (`frame`; a test checks
+  every template);
+- with harmless **words around** half of the questions (`loosen`: "Okay, …", "… Thanks.");
+- as the world's own document kinds: a description, a QA record with the clip written as its caption
+  (`with_caption`), a drill that asks every object's motion and place, and a request to show a scene
+  answered with its `<video>` caption — half the time after the drill's questions about the clip, as
+  chat.py's users ask (a model that never saw that order answered "Show me a red circle moving left."
+  about a clip with "red").
+
+Measured in stage0.py's docstring. Only train phrasings and the paraphrases are used; the world's
+held-out phrasings and pairs never appear.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from .data import _layout, _Part
+from .readers import videochat_turns
+from .toydata import leave_unsaid, refer, request_phrase, stage1_records, tag
+from .toyphrases import PHRASINGS, SHOW
+from .toyworld import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
+
+EXTRA_COLOURS = ("pink", "teal", "gold", "silver", "cyan", "lime", "maroon", "beige")
+EXTRA_SHAPES = ("oval", "diamond", "hexagon", "moon", "arrow", "ring")
+LEAD_INS = ("Okay,", "So,", "Quick question:", "Look at the video.", "Now tell me:", "Hmm,", "One more:",
+            "I wonder,", "Please,", "Next question.")
+TAGS_ON = ("Thanks.", "Please answer briefly.", "Be precise.", "Just the answer, please.")
+
+# More ways to ask, per intent of toyphrases.PHRASINGS (same {slots}). "describe" also takes the ways of
+# asking about a clip ("about_clip": answered with the same description in the safety data).
+PARAPHRASES = {
+    "describe": ["Tell me everything that happens in the clip.", "What does the video show? Be detailed.",
+                 "Give me a full description of the video.", "Say in detail what you see in the clip.",
+                 "Describe what you see in this clip.", "What is going on in the video?",
+                 "What do you see in this video?", "Please describe the clip for me.",
+                 "Could you describe the video?", "Tell me what the clip shows.", "Explain what you see in the video.",
+                 "Report what happens in the video.", "Give a detailed account of the clip."],
+    "caption": ["Give the clip a one-line caption.", "Describe the video in one short sentence.",
+                "In one sentence, what does the clip show?", "Write a short caption for this video."],
+    "colour": ["What is the {ref}'s colour?", "Which colour does the {ref} have?", "What colour does the {ref} have?",
+               "Say the colour of the {ref}.", "Give me the colour of the {ref}.", "State the colour of the {ref}.",
+               "Do you know the colour of the {ref}?", "The colour of the {ref} is what?", "What hue is the {ref}?",
+               "Tell me which colour the {ref} is.", "What colour is the {ref} painted?",
+               "Look at the {ref}. What colour is it?", "Could you tell me the colour of the {ref}?",
+               "I'd like to know the colour of the {ref}."],
+    "shape": ["What is the shape of the {ref}?", "What shape does the {ref} have?", "Say the shape of the {ref}.",
+              "Give me the shape of the {ref}.", "State the shape of the {ref}.", "What form does the {ref} have?",
+              "Do you know the shape of the {ref}?", "The shape of the {ref} is what?",
+              "Tell me which shape the {ref} is.", "Look at the {ref}. What shape is it?",
+              "Could you tell me the shape of the {ref}?", "What sort of shape is the {ref}?",
+              "I'd like to know the shape of the {ref}."],
+    "count": ["How many objects do you see?", "How many things are in the clip?", "How many objects are shown?",
+              "Tell me how many objects there are.", "Say how many objects the video has.",
+              "Give the number of objects in the video.", "What is the object count?",
+              "How many objects does the clip show?", "Do you know how many objects there are?",
+              "How many items are on screen?", "Count how many shapes the video shows.",
+              "Tell me the total number of objects."],
+    "count_shape": ["How many {shapes} do you see?", "How many {shapes} are in the clip?",
+                    "Tell me how many {shapes} there are.", "Say how many {shapes} the video has.",
+                    "Give the number of {shapes} in the video.", "How many {shapes} does the clip show?",
+                    "Do you know how many {shapes} there are?", "Count how many {shapes} the video shows.",
+                    "How many {shapes} are on screen?", "Tell me the total number of {shapes}."],
+    "motion": ["How is the {ref} moving?", "What is the {ref} doing in the video?", "Tell me how the {ref} moves.",
+               "Say what the {ref} does.", "What movement does the {ref} make?", "What is the motion of the {ref}?",
+               "Describe how the {ref} moves.", "Tell me what the {ref} is doing.", "How does the {ref} behave?",
+               "What kind of motion does the {ref} show?", "Look at the {ref}. How does it move?",
+               "Could you tell me how the {ref} moves?", "What does the {ref} do during the clip?"],
+    "position": ["Where is the {ref} located?", "Tell me where the {ref} is.", "Say where the {ref} is.",
+                 "Where in the frame is the {ref}?", "In what part of the picture is the {ref}?",
+                 "What is the position of the {ref}?", "Where does the {ref} appear?", "Where would I find the {ref}?",
+                 "Which part of the frame has the {ref}?", "Look at the {ref}. Where is it?",
+                 "Could you tell me where the {ref} is?", "What is the location of the {ref}?"],
+    "background": ["What colour is the background of the clip?", "Tell me the background colour.",
+                   "Say the colour of the background.", "What colour is behind the shapes?",
+                   "Give me the colour of the background.", "Which colour does the background have?",
+                   "What is the colour of the backdrop?", "The background is what colour?",
+                   "Could you tell me the background colour?", "What colour fills the background?"],
+    "show": ["Make me a video of {d}.", "Please show {d}.", "Can I see {d}?", "Let me see {d}.",
+             "Create a clip showing {d}.", "I would love a video of {d}.", "Produce a short video of {d}.",
+             "Could you make a video of {d}?", "Draw {d} for me.", "Show a clip of {d}, please.",
+             "Give me a video with {d}.", "Make a clip with {d}."],
+}
+PARAPHRASES["describe"] += PHRASINGS["about_clip"][0]
+WIDER = {intent: (train + PARAPHRASES.get(intent, []), held) for intent, (train, held) in PHRASINGS.items()}
+
+NOUNS = {"colour": "N", "color": "N", "hue": "N", "shape": "N", "form": "N", "number": "N", "count": "N",
+         "total": "N", "motion": "N", "movement": "N", "position": "N", "location": "N", "place": "N",
+         "video": "V", "clip": "V", "picture": "V", "frame": "V"}
+
+
+def frame(template: str) -> tuple[str, ...]:
+    """A phrasing with its nouns made one ("Name the colour of the {ref}." = "Name the shape of the
+    {ref}."): no paraphrase may have the frame of a held-out phrasing."""
+    return tuple(NOUNS.get(w, w) for w in re.findall(r"[a-z{}']+", template.lower()))
+
+
+def with_caption(record: dict, caption_text: str, for_reply: bool = False) -> list[_Part]:
+    """A stage-1 record's template parts with its video slot written as the clip's caption."""
+    return [_Part("text", f" {caption_text} ", p.turn) if p.kind == "slot" else p for p in _layout(record, for_reply)]
+
+
+def loosen(question: str, rng: random.Random) -> str:
+    """Half the time, words around a question that do not change what it asks ("Okay, where is …?")."""
+    if rng.random() < 0.25:
+        lead = rng.choice(LEAD_INS)
+        return f"{lead} {question[0].lower() if lead.endswith(',') else question[0]}{question[1:]}"
+    if rng.random() < 1 / 3:
+        return f"{question} {rng.choice(TAGS_ON)}"
+    return question
+
+
+def reading_scene(rng: random.Random, held: set) -> Scene:
+    """A scene that exists only as words: colours, shapes and backgrounds from a wider vocabulary than
+    the videos show (never a held-out pair of the world)."""
+    colours, shapes = (*COLOURS, *EXTRA_COLOURS), (*SHAPES, *EXTRA_SHAPES)
+    n = rng.choices((1, 2, 3), weights=(4, 4, 3))[0]
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        pair = (rng.choice(colours), rng.choice(shapes))
+        if pair not in held and pair not in pairs:
+            pairs.append(pair)
+    positions = sorted(rng.sample(list(POSITIONS), n), key=list(POSITIONS).index)
+    things = tuple(Thing(shape, colour, rng.choice(list(SIZES)), position, rng.choice(MOTIONS))
+                   for (colour, shape), position in zip(pairs, positions))
+    return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
+
+
+def reading_documents(n: int, held: set, rng: random.Random) -> list[list[_Part]]:
+    """n wider-world scenes (module docstring), each as a description and a QA record with the clip
+    written as its caption, a drill asking every object's motion and place, and a request to show a
+    scene answered with its `<video>` caption (alone, or after the drill). Phrasings: the world's train
+    ones and `PARAPHRASES`."""
+    docs = []
+    for k in range(n):
+        scene = reading_scene(rng, held)
+        for record in stage1_records(f"reading{k}", scene, "train", rng, WIDER):
+            turns = videochat_turns(record["QA"])
+            for turn in turns[1::2]:                                    # the human questions
+                turn["value"] = loosen(turn["value"], rng)
+            docs.append(with_caption({"videos": ["reading"], "turns": turns}, caption(scene)))
+        turns = [{"from": "human", "video": 0}]                         # every object's motion and place
+        for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
+            thing = scene.objects[i]
+            for intent, ref, answer in (("motion", refer(scene, i), thing.motion),
+                                        ("position", refer(scene, i, "position"), POSITION_PHRASES[thing.position])):
+                if ref:
+                    question = rng.choice(WIDER[intent][0]).format(ref=ref)
+                    turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
+        if rng.random() < 0.5:                                          # a request alone, of this scene
+            if len(turns) > 1:
+                docs.append(with_caption({"videos": ["reading"], "turns": turns}, caption(scene)))
+            turns, request = [], leave_unsaid(scene, rng)
+        else:                                   # or, after the questions about the clip, one of another
+            request = leave_unsaid(reading_scene(rng, held), rng)
+        turns += [{"from": "human", "value": rng.choice(WIDER["show"][0]).format(d=request_phrase(request, rng))},
+                  {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request))}]
+        docs.append(with_caption({"videos": ["reading"] if turns[0].get("video") == 0 else [], "turns": turns},
+                                 caption(scene)))
+    return docs
