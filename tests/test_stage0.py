@@ -225,6 +225,9 @@ def test_reading_practice_reads_a_wider_world_without_the_held_out_pairs():
     assert "white circle" not in text and "green square" not in text
     assert all(word in text for word in (*EXTRA_COLOURS, *EXTRA_SHAPES))
     assert text.count("<video>") >= 300 * 2          # every scene is read in a slot and written in a tag
+    after_a_clip = [d for d in docs if any(p.kind == "answer" and "<video>" in p.text for p in d)
+                    and any(p.kind == "text" and p.text == f"{HUMAN} <video>" for p in d)]
+    assert 0.35 < len(after_a_clip) / 300 < 0.65     # half the show requests follow questions about a clip
     rng, q = random.Random(0), "Where is the circle?"
     loosened = [loosen(q, rng) for _ in range(400)]
     assert all("here is the circle?" in x for x in loosened) and 0.4 < sum(x != q for x in loosened) / 400 < 0.6
