@@ -114,11 +114,6 @@ def encode(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
     return rearrange(tokens, "(n t) l d -> n t l d", n=n)                       # (N, T, 1+P, D)
 
 
-def pooled(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames (N, T, H, W, 3) → each frame's image embedding ln_post([CLS]), (N, T, D)."""
-    return encode(vit, frames)[:, :, 0]
-
-
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over rows of −Σ_c target_c · log softmax(logits)_c (targets are distributions)."""
     return -(target * logits.log_softmax(-1)).sum(-1).mean()
