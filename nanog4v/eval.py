@@ -16,6 +16,8 @@ every prediction is written next to the tables (`predictions.jsonl`) so anyone c
 **Prompt fidelity**: a `<video>` turn counts when the model writes as many prompts as the reference
 turn and each parses (`toyworld.parse_caption`) to the same scene as the reference's — the reference
 was written from the request, so this is "the prompt shows what was asked".
+It is also given by kind of request (`request_kind`): the first video of a dialogue, one after a video
+was shown (usually "change one thing"), and two videos at once.
 **CLIPSIM analogue**: CLIPSIM is the mean CLIP cosine between generated frames and the prompt's text
 embedding. The nano model has no text tower, so the *request's* embedding is the nano ViT's mean
 image embedding (ln_post [CLS]) of the reference prompt rendered by the toy generator, and each
@@ -120,6 +122,9 @@ def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
             "caption_n": len(got)}, preds
 
 
+KINDS = ("first", "after a video", "two at once")       # of show turns (request_kind)
+
+
 def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0) -> tuple[dict, list[dict]]:
     """Generation: prompt fidelity over the turns that show a video, spurious videos in chit-chat turns,
     and the CLIPSIM analogue (module docstring)."""
@@ -131,21 +136,35 @@ def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0) -> tu
                               [p.text for p in extract_video_prompts(turn["value"])]))
     got = replies(model, tokenizer, [c for c, _ in items], max_new_tokens=96)
     embed = vit_embedder(model.vision)
-    preds, fidelity, spurious, sims = [], [], [], []
-    for i, ((_, ref), reply) in enumerate(zip(items, got)):
+    preds, fidelity, spurious, sims, by_kind = [], [], [], [], {}
+    for i, ((conversation, ref), reply) in enumerate(zip(items, got)):
         prompts = [p.text for p in extract_video_prompts(reply)]
         match = len(prompts) == len(ref) and all(parse_caption(a) == parse_caption(b) for a, b in zip(prompts, ref))
+        kind = request_kind(conversation["turns"], ref) if ref else None
         if ref:
             fidelity.append(match)
+            by_kind.setdefault(kind, []).append(match)
             for k, r in enumerate(ref):               # an omitted prompt renders an empty background
                 made = embed(toy_generate(prompts[k] if k < len(prompts) else "", seed=seed + i))   # (T, D)
                 wanted = embed(toy_generate(r)).mean(0)                                           # (D,)
                 sims.append(torch.cosine_similarity(made, wanted[None], dim=-1).mean().item())
         else:
             spurious.append(bool(prompts))
-        preds.append({"table": 3, "reference": ref, "reply": reply, "prompts": prompts, "match": match})
+        preds.append({"table": 3, "reference": ref, "reply": reply, "prompts": prompts, "match": match,
+                      **({"kind": kind} if kind else {})})
     return {"prompt_fidelity": _mean(fidelity), "show_n": len(fidelity), "clipsim": _mean(sims),
-            "spurious_video_rate": _mean(spurious), "chat_n": len(spurious)}, preds
+            "spurious_video_rate": _mean(spurious), "chat_n": len(spurious),
+            "prompt_fidelity_by_kind": {k: {"n": len(by_kind[k]), "fidelity": _mean(by_kind[k])}
+                                        for k in KINDS if k in by_kind}}, preds
+
+
+def request_kind(turns: list[dict], reference: list[str]) -> str:
+    """Which kind of show turn this is: "two at once" (the reference shows several videos), "after a
+    video" (an earlier AI turn showed one: usually a request to change it) or "first"."""
+    if len(reference) > 1:
+        return "two at once"
+    shown = any(t["from"] == "ai" and extract_video_prompts(t["value"]) for t in turns)
+    return "after a video" if shown else "first"
 
 
 def system_stage(safety: Safety, text: str, video: str | None, reply: str) -> str | None:
@@ -231,6 +250,8 @@ def markdown(r: dict) -> str:
               "| --- | --- | --- | --- | --- |",
               f"| {r['show_n']} | {f(r['prompt_fidelity'])} | {f(r['clipsim'], False)} | {r['chat_n']} | "
               f"{f(r['spurious_video_rate'])} |", "",
+              "Prompt fidelity by request: " + "; ".join(f"{k} {f(v['fidelity'])} (n {v['n']})"
+                                                         for k, v in r["prompt_fidelity_by_kind"].items()) + ".", "",
               "**Table 4 (toy analogue): safety, refusal = positive** (system = chat.py's checks + model)", "",
               "| set | n | accuracy | precision | recall | F1 | over-refusal | F1, model alone |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]

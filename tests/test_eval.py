@@ -50,12 +50,25 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     assert r["qa_accuracy"] == 1.0 and r["qa_score"] == 5.0 and r["qa_n"] > 0
     assert r["bleu4"] == pytest.approx(1.0) and r["meteor"] > 0.9 and r["caption_n"] > 0
     assert r["prompt_fidelity"] == 1.0 and r["spurious_video_rate"] == 0.0 and r["show_n"] > 0
+    kinds = r["prompt_fidelity_by_kind"]
+    assert set(kinds) == {"first", "after a video", "two at once"} and all(k["fidelity"] == 1.0 for k in kinds.values())
+    assert sum(k["n"] for k in kinds.values()) == r["show_n"]
     assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
     for name in ("vu", "vg"):
         s = r["safety"][name]
         assert s["model"]["f1"] == 1.0 and s["model"]["over_refusal"] == 0.0, name
         assert s["recall"] == 1.0 and s["n"] == s["tp"] + s["fp"] + s["tn"] + s["fn"] > 0
     assert len(preds) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+
+
+def test_request_kind_tells_first_videos_changes_and_pairs_apart():
+    ask = {"from": "human", "value": "Show me a red circle."}
+    shown = {"from": "ai", "value": "Sure! Here it is: <video1> a red circle </video1>"}
+    chat = {"from": "ai", "value": "Hello! How can I help?"}
+    assert ev.request_kind([ask], ["a red circle"]) == "first"
+    assert ev.request_kind([ask, chat, ask], ["a red circle"]) == "first"
+    assert ev.request_kind([ask, shown, {"from": "human", "value": "Now make it blue."}], ["a blue circle"]) == "after a video"
+    assert ev.request_kind([ask], ["a red circle", "a blue square"]) == "two at once"
 
 
 def test_system_stage_follows_chats_order_of_checks():
