@@ -249,10 +249,11 @@ def markdown(r: dict) -> str:
               "| show turns | prompt fidelity | CLIPSIM analogue | chit-chat turns | spurious videos |",
               "| --- | --- | --- | --- | --- |",
               f"| {r['show_n']} | {f(r['prompt_fidelity'])} | {f(r['clipsim'], False)} | {r['chat_n']} | "
-              f"{f(r['spurious_video_rate'])} |", "",
-              "Prompt fidelity by request: " + "; ".join(f"{k} {f(v['fidelity'])} (n {v['n']})"
-                                                         for k, v in r["prompt_fidelity_by_kind"].items()) + ".", "",
-              "**Table 4 (toy analogue): safety, refusal = positive** (system = chat.py's checks + model)", "",
+              f"{f(r['spurious_video_rate'])} |", ""]
+    if r.get("prompt_fidelity_by_kind"):                       # (results saved before it was measured lack it)
+        lines += ["Prompt fidelity by request: " + "; ".join(f"{k} {f(v['fidelity'])} (n {v['n']})"
+                                                             for k, v in r["prompt_fidelity_by_kind"].items()) + ".", ""]
+    lines += ["**Table 4 (toy analogue): safety, refusal = positive** (system = chat.py's checks + model)", "",
               "| set | n | accuracy | precision | recall | F1 | over-refusal | F1, model alone |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in r["safety"].items():

@@ -53,6 +53,9 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     kinds = r["prompt_fidelity_by_kind"]
     assert set(kinds) == {"first", "after a video", "two at once"} and all(k["fidelity"] == 1.0 for k in kinds.values())
     assert sum(k["n"] for k in kinds.values()) == r["show_n"]
+    assert "Prompt fidelity by request: first 100.0 %" in ev.markdown(r)
+    older = {k: v for k, v in r.items() if k != "prompt_fidelity_by_kind"}    # results saved before it existed
+    assert ev.markdown(older).count("**Table") == 4 and "by request" not in ev.markdown(older)
     assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
     for name in ("vu", "vg"):
         s = r["safety"][name]
