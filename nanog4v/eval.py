@@ -13,6 +13,9 @@ every prediction is written next to the tables (`predictions.jsonl`) so anyone c
 | Table 3, text-to-video (CLIPSIM, FVD, ...) | stage2_heldout turns that show a video | prompt fidelity; CLIPSIM analogue |
 | Table 4, safety (refusal = positive), VU and VG | safety_video_heldout (VU), safety_heldout (VG) | accuracy, precision, recall, F1, over-refusal |
 
+Table 1 is also given by how many objects the clip shows (1–3, from the world's scenes.jsonl): a
+question about one of two or three objects needs the model to *bind* the named object to its motion or
+place, which a question about a lone object does not.
 **Prompt fidelity**: a `<video>` turn counts when the model writes as many prompts as the reference
 turn and each parses (`toyworld.parse_caption`) to the same scene as the reference's — the reference
 was written from the request, so this is "the prompt shows what was asked".
@@ -82,16 +85,29 @@ def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, ba
     return out
 
 
+def object_counts(data: Path) -> dict[str, int]:
+    """How many objects each clip of a toy world shows ({clip id: n}, from its scenes.jsonl; empty for a
+    directory without one)."""
+    scenes = Path(data) / "scenes.jsonl"
+    if not scenes.is_file():
+        return {}
+    rows = [json.loads(line) for line in scenes.read_text().splitlines() if line.strip()]
+    return {r["id"]: len(r["scene"]["objects"]) for r in rows}
+
+
 def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
     """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
-    {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not)}."""
+    {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not),
+    "objects": how many objects the clip shows (None outside a toy world)}."""
     raw = json.loads(path.read_text())
+    counts = object_counts(path.parent)
     qa, captions = [], []
     for obj, record in zip(raw, read_videochat(path, strict=True)):
         for k, item in enumerate(obj["QA"]):
             j = 2 + 2 * k                                             # turns: video, (human, ai) × k
             entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
-                     "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing")}
+                     "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing"),
+                     "objects": counts.get(Path(obj["video"]).stem)}
             bucket = captions if entry["type"] in ("description", "caption") else qa
             if limit is None or len(bucket) < limit:
                 bucket.append(entry)
@@ -101,16 +117,20 @@ def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
 def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
     """Zero-shot QA: exact answers and the 0–5 rubric, overall and per question type."""
     got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=12)
-    preds = [{"table": 1, "type": it["type"], "phrasing": it["phrasing"], "answer": it["answer"], "reply": r,
-              "exact": exact_match(r, it["answer"]), "score": rubric_score(r, it["answer"])} for it, r in zip(items, got)]
+    preds = [{"table": 1, "type": it["type"], "phrasing": it["phrasing"], "objects": it["objects"], "answer": it["answer"],
+              "reply": r, "exact": exact_match(r, it["answer"]), "score": rubric_score(r, it["answer"])}
+             for it, r in zip(items, got)]
     by_type = {}
     for t in sorted({p["type"] for p in preds}):
         ps = [p for p in preds if p["type"] == t]
         by_type[t] = {"accuracy": _mean(p["exact"] for p in ps), "score": _mean(p["score"] for p in ps), "n": len(ps)}
     by_phrasing = {ph: _mean(p["exact"] for p in preds if p["phrasing"] == ph)
                    for ph in sorted({p["phrasing"] for p in preds if p["phrasing"]})}
+    by_objects = {str(n): {"accuracy": _mean(p["exact"] for p in preds if p["objects"] == n),
+                           "n": sum(p["objects"] == n for p in preds)}
+                  for n in sorted({p["objects"] for p in preds if p["objects"] is not None})}
     return {"qa_accuracy": _mean(p["exact"] for p in preds), "qa_score": _mean(p["score"] for p in preds),
-            "qa_n": len(preds), "qa_by_type": by_type, "qa_by_phrasing": by_phrasing}, preds
+            "qa_n": len(preds), "qa_by_type": by_type, "qa_by_phrasing": by_phrasing, "qa_by_objects": by_objects}, preds
 
 
 def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
@@ -242,8 +262,12 @@ def markdown(r: dict) -> str:
     lines += [f"| {t} | {v['n']} | {f(v['accuracy'])} | {f(v['score'], False)} |" for t, v in r["qa_by_type"].items()]
     lines += [f"| **all** | {r['qa_n']} | **{f(r['qa_accuracy'])}** | **{f(r['qa_score'], False)}** |", "",
               "Exact answers with a question phrasing seen in training: " + f(r["qa_by_phrasing"].get("train"))
-              + "; with a held-out phrasing: " + f(r["qa_by_phrasing"].get("heldout")) + ".", "",
-              "**Table 2 (toy analogue): captioning**", "", "| n | BLEU-4 | METEOR |", "| --- | --- | --- |",
+              + "; with a held-out phrasing: " + f(r["qa_by_phrasing"].get("heldout")) + ".", ""]
+    if r.get("qa_by_objects"):                                 # (results saved before it was measured lack it)
+        lines += ["Exact answers by objects in the clip: " + "; ".join(
+            f"{k} object{'' if k == '1' else 's'} {f(v['accuracy'])} (n {v['n']})"
+            for k, v in r["qa_by_objects"].items()) + ".", ""]
+    lines += ["**Table 2 (toy analogue): captioning**", "", "| n | BLEU-4 | METEOR |", "| --- | --- | --- |",
               f"| {r['caption_n']} | {f(r['bleu4'], False)} | {f(r['meteor'], False)} |", "",
               "**Table 3 (toy analogue): generation**", "",
               "| show turns | prompt fidelity | CLIPSIM analogue | chit-chat turns | spurious videos |",

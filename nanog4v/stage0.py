@@ -50,7 +50,7 @@ The paraphrases fixed the held-out phrasings of count (→ 100 %), background (�
 **What limits it now: binding.** With two or three objects in the caption, "Where is the star?" is
 answered with the place of a random object: on fresh scenes, motion and place are right 100 % of the
 time with one object, 54–62 % with two and 31–39 % with three — about chance. A LLaMA trained only on
-such questions (600–4,000 steps; learning rate 1e-3 or 3e-3; 8 or 4 heads) stays near chance too:
+such questions (600–5,000 steps; learning rate 1e-3 or 3e-3; 8 or 4 heads) stays near chance too:
 finding the words after the noun that the question names is a skill this 4-layer model does not pick
 up in the steps a 2-core budget allows.
 

@@ -54,8 +54,17 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     assert set(kinds) == {"first", "after a video", "two at once"} and all(k["fidelity"] == 1.0 for k in kinds.values())
     assert sum(k["n"] for k in kinds.values()) == r["show_n"]
     assert "Prompt fidelity by request: first 100.0 %" in ev.markdown(r)
-    older = {k: v for k, v in r.items() if k != "prompt_fidelity_by_kind"}    # results saved before it existed
+    objects = r["qa_by_objects"]                  # every QA item is counted once, under its clip's object count
+    counts = ev.object_counts(world)
+    assert set(objects) <= {"1", "2", "3"} and sum(v["n"] for v in objects.values()) == r["qa_n"]
+    assert all(v["accuracy"] == 1.0 for v in objects.values())
+    assert [p["objects"] for p in preds if p["table"] == 1] == [
+        counts[Path(obj["video"]).stem] for obj in json.loads((world / "stage1_heldout.json").read_text())
+        for item in obj["QA"] if item.get("type") not in ("description", "caption")]
+    assert "Exact answers by objects in the clip: " in ev.markdown(r)
+    older = {k: v for k, v in r.items() if k not in ("prompt_fidelity_by_kind", "qa_by_objects")}  # saved before
     assert ev.markdown(older).count("**Table") == 4 and "by request" not in ev.markdown(older)
+    assert "by objects" not in ev.markdown(older)
     assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
     for name in ("vu", "vg"):
         s = r["safety"][name]
