@@ -16,6 +16,7 @@ every prediction is written next to the tables (`predictions.jsonl`) so anyone c
 Table 1 is also given by how many objects the clip shows (1–3, from the world's scenes.jsonl): a
 question about one of two or three objects needs the model to *bind* the named object to its motion or
 place, which a question about a lone object does not.
+
 **Prompt fidelity**: a `<video>` turn counts when the model writes as many prompts as the reference
 turn and each parses (`toyworld.parse_caption`) to the same scene as the reference's — the reference
 was written from the request, so this is "the prompt shows what was asked".
@@ -115,7 +116,8 @@ def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
 
 
 def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
-    """Zero-shot QA: exact answers and the 0–5 rubric, overall and per question type."""
+    """Zero-shot QA: exact answers and the 0–5 rubric, overall and per question type; exact answers per
+    phrasing (seen in training or held out) and per number of objects in the clip."""
     got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=12)
     preds = [{"table": 1, "type": it["type"], "phrasing": it["phrasing"], "objects": it["objects"], "answer": it["answer"],
               "reply": r, "exact": exact_match(r, it["answer"]), "score": rubric_score(r, it["answer"])}
