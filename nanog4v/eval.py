@@ -50,6 +50,7 @@ from .inference import prompt_embeddings, video_tokens
 from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
 from .readers import read_jsonl, read_safety, read_videochat
 from .safety import Lexicon, Safety, VideoChecker, toy_hazard_checker, vit_embedder
+from .stage0_vision import Stage0Error, read_world
 from .toydata import is_refusal
 from .toyworld import parse_caption, toy_generate
 from .weights import CheckpointError
@@ -88,12 +89,10 @@ def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, ba
 
 def object_counts(data: Path) -> dict[str, int]:
     """How many objects each clip of a toy world shows ({clip id: n}, from its scenes.jsonl; empty for a
-    directory without one)."""
-    scenes = Path(data) / "scenes.jsonl"
-    if not scenes.is_file():
+    directory that is not a toy world)."""
+    if not (Path(data) / "world.json").is_file():
         return {}
-    rows = [json.loads(line) for line in scenes.read_text().splitlines() if line.strip()]
-    return {r["id"]: len(r["scene"]["objects"]) for r in rows}
+    return {r["id"]: len(r["scene"]["objects"]) for r in read_world(data)[1]}
 
 
 def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
@@ -302,7 +301,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         results, preds = evaluate(args.ckpt, args.data, args.limit, log=lambda m: print(m, file=sys.stderr))
-    except (EvalError, ChatError, CheckpointError, DataError, OSError) as e:
+    except (EvalError, ChatError, CheckpointError, DataError, Stage0Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(results))

@@ -2,6 +2,7 @@
 that answers exactly the references, the order of the safety checks, and bad input on the CLI."""
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,14 @@ def test_cli_names_a_directory_without_a_held_out_split(ckpt, tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == (f"error: {tmp_path / 'stage1_heldout.json'}: missing (not a toy world with a held-out "
                                   "split; write one with python -m nanog4v.toyworld --out DIR)")
+
+
+def test_cli_names_an_unreadable_scenes_file(ckpt, tmp_path):
+    """A toy world whose scenes.jsonl (read for QA by number of objects) is corrupt: one line, exit 2."""
+    world = tmp_path / "world"
+    shutil.copytree(ckpt / "toyworld", world)
+    (world / "scenes.jsonl").write_text("{not json\n")
+    run = subprocess.run([sys.executable, "-m", "nanog4v.eval", "--ckpt", str(ckpt), "--data", str(world), "--limit", "1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: {world / 'scenes.jsonl'}: unreadable")
