@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_T2V = {"nano": "toy", "test": "toy", "7b": "zeroscope"}
+TOY_PRESETS = ("nano", "test")               # trained on the toy world (nanog4v/toy/)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,9 +123,12 @@ def build(args, log):
 
     from nanog4v.assistant import Assistant, ChatError, load_chat_model
     from nanog4v.generate import SamplingConfig
-    from nanog4v.safety import ConceptChecker, Lexicon, Safety, VideoChecker, toy_hazard_checker
+    from nanog4v.safety import ConceptChecker, Lexicon, Safety, VideoChecker, is_refusal
     from nanog4v.t2v import T2VError, load_generator
     from nanog4v.tokenizer import TokenizerError
+    from nanog4v.toy import datasets as toy_data
+    from nanog4v.toy import generator as toy_generator
+    from nanog4v.toy import hazard as toy_hazard
     from nanog4v.weights import CheckpointError
 
     device = pick_device(args.device)
@@ -145,21 +149,25 @@ def build(args, log):
                 frame_checker, note = None, f"off: no safety checker at {checker_dir}"
                 print(f"warning: the input-video check is {note} (see weights/README.md)", file=sys.stderr)
             else:
-                frame_checker, note = toy_hazard_checker(model.vision, device)
+                frame_checker, note = toy_hazard.toy_hazard_checker(model.vision, device)
             video_check = VideoChecker(frame_checker) if frame_checker is not None else None
         log(f"input-video check: {note}")
         options = {}
         if args.t2v == "zeroscope":
             options = dict(width=args.t2v_width, height=args.t2v_height, steps=args.t2v_steps,
                            cpu_offload=args.cpu_offload, vae_slicing=args.vae_slicing)
-        generator = None if args.t2v == "none" else load_generator(args.t2v, args.t2v_path, device, **options)
+        generator = None if args.t2v == "none" else load_generator(args.t2v, args.t2v_path, device,
+                                                                   gallery=toy_generator.GALLERY, **options)
     except (ChatError, CheckpointError, TokenizerError, T2VError) as e:
         raise Fail(str(e)) from None
-    safety = Safety(lexicon=None if args.no_lexicon else Lexicon(), video=video_check, toy_concepts=args.t2v == "toy")
+    safety = Safety(lexicon=None if args.no_lexicon else Lexicon(), video=video_check,
+                    prompt_concepts=toy_hazard.hazard_prompt if args.t2v == "toy" else None)
+    toy_model = args.preset in TOY_PRESETS                # it refuses with the toy world's words
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               seed=args.seed)
     return Assistant(model, tokenizer, sampling=sampling, safety=safety, generator=generator, out_dir=args.out,
-                     t2v_frames=args.t2v_frames, device=device, log=log)
+                     t2v_frames=args.t2v_frames, device=device, log=log,
+                     refusal=toy_data.is_refusal if toy_model else is_refusal)
 
 
 def show(result, args, streamed: bool) -> None:

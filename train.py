@@ -10,11 +10,9 @@
 projection learn on VideoChat-11k-style video QA. **Stage 2** (instruction tuning): everything is
 frozen except LoRA adapters on LLaMA's q_proj and v_proj, trained on GPT4Video-50k-style dialogues
 (text only) and the safety dialogues. **Stage 0** (nano and test presets only) makes what the paper
-takes as given — the tokenizer, the ViT and the LLaMA — from the toy world (nanog4v/stage0.py).
-`--stage all` runs everything into one --out: the toy world (OUT/toyworld, made if missing), stage 0
-(OUT/tokenizer.model, OUT/vision/, OUT/llama/), cached ViT features (OUT/features/), stage 1
-(OUT/stage1/) and stage 2 (OUT/stage2/). A stage whose summary is already in OUT is skipped, so the
-same command continues an interrupted run.
+takes as given — the tokenizer, the ViT and the LLaMA — from the toy world (nanog4v/toy/stage0.py).
+`--stage all` runs the whole toy recipe into one --out (nanog4v/toy/recipe.py): the toy world, stage
+0, cached ViT features, then this script's stage 1 and stage 2, skipping what is already done.
 
 Defaults come from the preset (`nanog4v/config.py`, `TrainConfig` per stage): `7b` uses the paper's
 settings (stage 1: lr 1e-4, 2 epochs; stage 2: lr 2e-5, 3 epochs). Every one can be overridden
@@ -26,7 +24,7 @@ Where things are, by default (paths relative to this file; stage 0 writes the na
     weights/nano/vision/              CLIP ViT, transformers layout (7b: weights/clip-vit-large-patch14/)
     weights/nano/llama/               LLaMA, Hugging Face layout    (7b: weights/llama-7b/)
     weights/nano/stage1/              the stage-1 model, the --init of stage 2
-    weights/nano/toyworld/            the toy world (python -m nanog4v.toyworld; made when missing): stage 1 reads
+    weights/nano/toyworld/            the toy world (python -m nanog4v.toy; made when missing): stage 1 reads
                                       stage1_train.json, stage 2 stage2_train.jsonl + safety_train.jsonl;
                                       the end-of-stage check uses stage1_val.json / stage2_val.jsonl
     runs/<preset>-stage<k>/           --out (relative to the working directory)
@@ -37,7 +35,7 @@ What --out receives: `log.jsonl` (one line per optimiser step: loss, lr, grad no
 LoRA adapter in peft's layout (`adapter/`), and `summary.json` (steps, time, final loss, evaluation).
 
 Data files may be VideoChat-11k JSON, GPT4Video-50k-style dialogues, safety dialogues or generic
-JSONL: the format is recognised from the first record (nanog4v/trainer.py:sniff_format). Stage 1 can
+JSONL: the format is recognised from the first record (nanog4v/readers.py:sniff_format). Stage 1 can
 read cached ViT features instead of decoding videos (--features-dir; make them with
 `python -m nanog4v.features`). Errors print one line `error: <file>: <problem>` and exit with status 2.
 """
@@ -50,23 +48,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from nanog4v.abstractor import VideoAbstractor
+from nanog4v.abstractor import build_abstractor
 from nanog4v.config import PRESETS, G4VConfig, preset
 from nanog4v.data import ConversationDataset, DataError
+from nanog4v.inference import reply_accuracy
 from nanog4v.lora import save_lora
 from nanog4v.model import GPT4Video
+from nanog4v.readers import read_records
 from nanog4v.tokenizer import Tokenizer, TokenizerError
-from nanog4v.inference import reply_accuracy
-from nanog4v import stage0
-from nanog4v.stage0 import Stage0Error
-from nanog4v.toydata import WorldError, write_world
-from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_records
+from nanog4v.toy import recipe
+from nanog4v.toy.datasets import WorldError
+from nanog4v.toy.recipe import RecipeError
+from nanog4v.toy.stage0 import Stage0Error
+from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, plot_losses
 from nanog4v.weights import CheckpointError, load_llama, load_vision
 
 ROOT = Path(__file__).resolve().parent
@@ -152,7 +149,7 @@ def resolve_paths(args, stage: int) -> dict:
             raise TrainError(f"train.py: --{flag} is required with --preset {name}")
         paths[flag] = _need(Path(path), what, flag, name)
     if name == "nano" and not args.data and not (WORLD / "world.json").is_file():
-        toy_world(WORLD, args.world_n, 0, args.quiet)        # not shipped: rendered from its seed (~1 min)
+        recipe.toy_world(WORLD, args.world_n, 0, args.quiet)    # not shipped: rendered from its seed (~1 min)
     data = args.data or defaults.get("data", {}).get(stage)
     if not data:
         raise TrainError(f"train.py: --data is required with --preset {name} (stage 1: VideoChat-11k JSON; "
@@ -188,152 +185,30 @@ def build_model(cfg: G4VConfig, paths: dict, stage: int, dtype: torch.dtype, see
     abstractor (seeded) or the one of --init (with its LoRA, if any), then `set_stage(stage)`.
     The model is first built on the meta device, so no random 7B LLaMA is ever materialised."""
     vision, llm = load_vision(paths["vision"], dtype=dtype), load_llama(paths["llama"], dtype=dtype)
-    init, meta = paths["init"], None
-    if init is not None:
-        files = [init / "config.json", init / "gpt4video.safetensors"]
-        if not all(f.is_file() for f in files):
-            raise TrainError(f"{init}: not a GPT4Video checkpoint directory (needs config.json and "
-                             "gpt4video.safetensors, as train.py --out or GPT4Video.save_pretrained write)")
-        try:
-            meta = json.loads(files[0].read_text())
-            saved = G4VConfig.from_dict(meta["config"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise TrainError(f"{files[0]}: not a GPT4Video config ({e})") from None
+    init, lora = paths["init"], False
+    if init is not None:                                   # the --init run's abstractor shape and frames win
+        saved, lora = GPT4Video.read_config(init)
         cfg = replace(cfg, num_frames=saved.num_frames, abstractor=saved.abstractor,
-                      lora=saved.lora if meta.get("lora") else cfg.lora)
+                      lora=saved.lora if lora else cfg.lora)
     cfg = replace(cfg, vision=vision.cfg, llama=llm.cfg)
     with torch.device("meta"):
         model = GPT4Video(cfg)
     model.vision, model.llm = vision.requires_grad_(False), llm.requires_grad_(False)
     torch.manual_seed(seed)                                                # the same init on every rank
-    model.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+    model.abstractor = build_abstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
     if init is not None:
-        if meta.get("lora"):
+        if lora:
             model.add_lora()
-        try:
-            state, expected = load_file(str(files[1])), model.trainable_state_dict()
-        except (SafetensorError, OSError) as e:
-            raise TrainError(f"{files[1]}: unreadable ({e})") from None
-        bad = sorted(set(state) ^ set(expected)) + sorted(
-            k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        if bad:
-            raise TrainError(f"{files[1]}: does not fit the model: {bad[:5]}")
-        model.load_state_dict(state, strict=False)
+        model.load_trainable(init)
     model.set_stage(stage)
     return model
 
 
-# --- the loss curve ---------------------------------------------------------------------------------
-
-def plot_losses(log: Path, png: Path, title: str) -> Path | None:
-    """The log's loss per step (and a moving average) as a PNG; None when the log is empty."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
-    if not rows:
-        return None
-    from matplotlib.figure import Figure     # not pyplot: no GUI backend, and a notebook's stays as it is
-    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
-    k = max(1, len(losses) // 20)
-    smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-    fig = Figure(figsize=(6, 3.5), dpi=100)
-    ax = fig.subplots()
-    ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=1, label="loss (Eq. 5)")
-    ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {k}" if k > 1 else None)
-    ax.set(xlabel="optimiser step", ylabel="cross-entropy (nats/token)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png)
-    return png
-
-
-# --- one stage ---------------------------------------------------------------------------------------
-
-def toy_world(path: Path, n: int, seed: int, quiet: bool) -> Path:
-    """The toy world at `path`, rendered first (python -m nanog4v.toyworld) if it is not complete."""
-    if not (path / "world.json").is_file():
-        if not quiet:
-            print(f"toy world: rendering {n} clips into {path}")
-        write_world(path, n=n, seed=seed, force=True, progress=not quiet)
-    return path
-
-
-def run_stage0(args) -> dict:
-    """--stage 0: the toy presets' tokenizer, ViT and LLaMA from the toy world, into --out."""
-    if args.preset == "7b":
-        raise TrainError("train.py: --stage 0 makes the nano preset's frozen parts; 7b starts from the official "
-                         "CLIP ViT-L/14 and LLaMA-7B (see weights/README.md)")
-    out = args.out or Path("runs") / f"{args.preset}-stage0"
-    world = toy_world(args.world or out / "toyworld", args.world_n, args.seed, args.quiet)
-    say = (lambda *a, **k: None) if args.quiet else print
-    return stage0.run_stage0(world, preset(args.preset), out, seed=args.seed, log=say)
-
-
-def run_all(args) -> dict:
-    """--stage all: toy world, stage 0, feature cache, stage 1 and stage 2, each skipped when done."""
-    per_stage = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "data", "val",
-                             "vision", "llama", "tokenizer", "features_dir", "resume") if getattr(args, k)]
-    if per_stage or args.preset == "7b":
-        raise TrainError(f"train.py: --stage all runs the toy presets with their own settings and paths; "
-                         f"run the stages one by one to set {', '.join('--' + k.replace('_', '-') for k in per_stage) or '--preset 7b'}")
-    out = args.out or Path("runs") / f"{args.preset}-all"
-    world = args.world = toy_world(args.world or out / "toyworld", args.world_n, args.seed, args.quiet)
-    if not (out / "stage0.json").is_file():
-        run_stage0(replace_args(args, out=out))
-    paths = dict(vision=out / "vision", llama=out / "llama", tokenizer=out / "tokenizer.model")
-    features = out / "features"
-    stage1_data = [world / "stage1_train.json", world / "stage1_val.json"]
-    from nanog4v.features import cache_features, unique_videos
-    cfg = preset(args.preset)
-    videos = unique_videos(read_records(stage1_data, None, True, log=lambda *a, **k: None))
-    cache_features(load_vision(paths["vision"]), videos, features, cfg.num_frames, progress=not args.quiet)
-    result = {}
-    for stage, data, val, init in [(1, stage1_data[:1], stage1_data[1:], None),
-                                   (2, [world / "stage2_train.jsonl", world / "safety_train.jsonl"],
-                                    [world / "stage2_val.jsonl"], out / "stage1")]:
-        if (out / f"stage{stage}" / "summary.json").is_file():
-            continue
-        resume = (out / f"stage{stage}" / "last.pt").is_file()
-        result = run(replace_args(args, stage=str(stage), data=data, val=val, init=init, out=out / f"stage{stage}",
-                                  features_dir=features if stage == 1 else None, resume=resume, **paths))
-    plot_recipe(out)
-    return result
-
-
-def plot_recipe(out: Path) -> Path:
-    """OUT/losses.png: the loss curve of every stage of --stage all, side by side."""
-    from matplotlib.figure import Figure     # not pyplot: no GUI backend, and a notebook's stays as it is
-    report = json.loads((out / "stage0.json").read_text())
-    curves = {"stage 0: ViT (attribute BCE)": report["vision"]["losses"],
-              "stage 0: LLaMA (Eq. 5 on the toy text)": report["llama"]["losses"]}
-    for k in (1, 2):
-        log = out / f"stage{k}" / "log.jsonl"
-        curves[f"stage {k}: {'abstractor' if k == 1 else 'LoRA'} (Eq. 5)"] = [
-            json.loads(line)["loss"] for line in log.read_text().splitlines() if line]
-    fig = Figure(figsize=(14, 3.2), dpi=100)
-    axes = fig.subplots(1, 4)
-    for ax, (title, losses) in zip(axes, curves.items()):
-        k = max(1, len(losses) // 20)
-        ax.plot(losses, color="tab:blue", alpha=0.3, lw=1)
-        ax.plot(range(k - 1, len(losses)), np.convolve(losses, np.ones(k) / k, mode="valid"), color="tab:blue", lw=2)
-        ax.set(title=title, xlabel="step", yscale="log")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss")
-    fig.tight_layout()
-    fig.savefig(out / "losses.png")
-    return out / "losses.png"
-
-
-def replace_args(args, **changes) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), **changes})
-
-
-def run(args) -> dict:
-    """Train one stage as `args` say; returns {"model", "step", "total_steps", "loss", "eval"}."""
-    if args.stage == "0":
-        return run_stage0(args)
-    if args.stage == "all":
-        return run_all(args)
+def train_stage(args) -> dict:
+    """Train stage 1 or 2 as `args` say; returns {"model", "step", "total_steps", "loss", "eval"}."""
     stage, started = int(args.stage), time.time()
+
+    # 1. where: the device, the processes (torchrun), the inputs and the stage's settings
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
         raise TrainError(f"train.py: --device {device}: no such device here")
@@ -347,6 +222,8 @@ def run(args) -> dict:
         if args.lora_r < 1:
             raise TrainError("train.py: --lora-r must be at least 1")
         cfg = replace(cfg, lora=replace(cfg.lora, r=args.lora_r))
+
+    # 2. the model: frozen ViT and LLaMA, the trainable abstractor (stage 1) or LoRA (stage 2); the tokenizer
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     model = build_model(cfg, paths, stage, dtype, args.seed)
     cfg, tc = model.cfg, stage_settings(args, model.cfg, stage)
@@ -356,6 +233,11 @@ def run(args) -> dict:
     if tokenizer.vocab_size > cfg.llama.vocab_size:
         raise TrainError(f"{paths['tokenizer']}: {tokenizer.vocab_size} pieces, but the LLaMA in "
                          f"{paths['llama']} has only {cfg.llama.vocab_size} embeddings")
+    model.to(device)
+    if args.activation_checkpointing:
+        checkpoint_blocks(model.llm)
+
+    # 3. the data: conversation records, tokenised with Eq. 5's labels
     records = read_records(paths["data"], args.video_root, args.strict, log=say)
     data = ConversationDataset(records, tokenizer, cfg, features_dir=paths.get("features_dir"),
                                loss_on=args.loss_on, max_seq_len=tc.max_seq_len)
@@ -364,9 +246,8 @@ def run(args) -> dict:
     say(f"stage {stage}: {len(data)} examples ({data.skips}); {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
         f"trainable parameters; lr {tc.lr}, {tc.epochs} epochs, global batch {tc.batch_size} in {tc.grad_accum} "
         f"micro-batch(es) over {world.world_size} process(es)")
-    model.to(device)
-    if args.activation_checkpointing:
-        checkpoint_blocks(model.llm)
+
+    # 4. the loop (nanog4v/trainer.py): AdamW, warm-up + cosine, accumulation, last.pt, log.jsonl
     out = args.out or Path("runs") / f"{args.preset}-stage{stage}"
     out.mkdir(parents=True, exist_ok=True)
     signature = {"preset": args.preset, "stage": stage, "seed": args.seed, "loss_on": args.loss_on,
@@ -378,12 +259,15 @@ def run(args) -> dict:
                       bf16=device.startswith("cuda"), num_workers=args.num_workers, progress=not args.quiet,
                       signature=signature,   # stage 1 with text-only examples: the abstractor may sit idle
                       find_unused_parameters=stage == 1 and any(not item["videos"] for item in data.items))
-    title = f"GPT4Video stage {stage} ({args.preset})"
     try:
         result = fit(model, data, tokenizer.pad_id, loop, world, resume=args.resume)
     finally:
         if world.main:
-            plot_losses(out / "log.jsonl", out / "loss.png", title)
+            log = (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []
+            plot_losses({f"GPT4Video stage {stage} ({args.preset}): Eq. 5": [json.loads(r)["loss"] for r in log if r]},
+                        out / "loss.png")
+
+    # 5. save: the trainable parts (and the adapter in peft's layout), a validation check, the summary
     evaluation = None
     if world.main:
         model.save_pretrained(out)
@@ -404,11 +288,30 @@ def run(args) -> dict:
     return {"model": model, **result, "eval": evaluation}
 
 
+def run(args) -> dict:
+    """--stage 1|2 here; --stage 0|all are the toy recipe's (nanog4v/toy/recipe.py)."""
+    if args.stage in ("0", "all"):
+        if args.preset == "7b":
+            raise TrainError(f"train.py: --stage {args.stage} makes the toy presets' frozen parts; 7b starts from "
+                             "the official CLIP ViT-L/14 and LLaMA-7B (see weights/README.md)")
+        toy = dict(world=args.world, world_n=args.world_n, seed=args.seed, quiet=args.quiet)
+        if args.stage == "0":
+            return recipe.stage0(args.out or Path("runs") / f"{args.preset}-stage0", args.preset, **toy)
+        own = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "data", "val", "vision",
+                           "llama", "tokenizer", "features_dir", "resume") if getattr(args, k)]
+        if own:
+            raise TrainError("train.py: --stage all runs the toy presets with their own settings and paths; run the "
+                             f"stages one by one to set {', '.join('--' + k.replace('_', '-') for k in own)}")
+        return recipe.run_all(args.out or Path("runs") / f"{args.preset}-all", args.preset, **toy,
+                              passed_on=recipe.handed_on(args))
+    return train_stage(args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (TrainError, DataError, CheckpointError, TokenizerError, Stage0Error, WorldError) as e:
+    except (TrainError, DataError, CheckpointError, TokenizerError, Stage0Error, WorldError, RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

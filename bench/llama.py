@@ -11,7 +11,7 @@ hits both alike; each number is the median of --repeats runs after one warm-up.
   decode  tokens/s = new tokens / wall time of generating them greedily from a short prompt
           (transformers: do_sample=False, min_new_tokens = max_new_tokens, so both emit every token)
   prefill tokens/s = prompt tokens / wall time of generate(max_new_tokens=1) on a long prompt
-Targets (DESIGN.md §7, issue 4): decode ≥ 1.5×, prefill ≥ 1.0× transformers.
+Targets: decode ≥ 1.5×, prefill ≥ 1.0× transformers.
 
 On a CPU shared with other work, use `--threads 1` (or fewer threads than idle cores): an OpenMP
 team whose threads get descheduled makes every small op wait, and both sides' numbers become noise.

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from nanog4v.config import preset  # noqa: E402
 from nanog4v.llama import LLaMA  # noqa: E402
-from nanog4v.weights import llama_config_to_hf, load_llama, write_checkpoint  # noqa: E402
+from nanog4v.safetensors_io import write_checkpoint  # noqa: E402
+from nanog4v.weights import llama_config_to_hf, load_llama  # noqa: E402
 
 GB = 1e9
 

@@ -3,7 +3,7 @@
     python bench/video.py            # the numbers (generates a 10-min clip once: ~1 min)
     python bench/video.py --quick    # smoke test: the "long" clip is 40 s
 
-Target (DESIGN.md §7): the 10-minute clip costs ≤ 5× the 10-second one, because sample_frames
+Target (the project's): the 10-minute clip costs ≤ 5× the 10-second one, because sample_frames
 seeks to each sampled time and decodes at most about one GOP there instead of the whole clip. As
 a reference, the same run times a naive reader that decodes every frame.
 

@@ -1,4 +1,4 @@
-"""Writes examples/toy_clip.mp4: a toy-world clip (DESIGN.md §6) that ships with the repository, so the
+"""Writes examples/toy_clip.mp4: a toy-world clip (docs/design.md) that ships with the repository, so the
 README's main command has a video the nano model understands on a fresh clone:
 
     python -m examples.make_toy_clip
@@ -9,7 +9,7 @@ the seed-0 world). Rendered by the toy world's own renderer at 128 px, 24 frames
 """
 from pathlib import Path
 
-from nanog4v.toyworld import Scene, Thing, caption, render
+from nanog4v.toy.world import Scene, Thing, caption, render
 from nanog4v.video import write_video
 
 SCENE = Scene((Thing("circle", "red", "large", "left", "moves right"),

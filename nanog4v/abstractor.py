@@ -10,10 +10,10 @@ LLM. The abstractor squeezes them into N learned *query* tokens with cross-atten
     F_video = W F̂_v + b                   projection into the LLM, N × d_llm
 
 Each of the L layers is mPLUG-Owl's abstractor layer (the paper builds on mPLUG-Owl and is silent on the
-layer; REFERENCE.md §4): the queries are normed (norm1), the frame tokens are normed (normk), the keys
-and values are computed from the concatenation of both (mPLUG-Owl puts the queries first; attention is
-a weighted sum over a *set*, so this equals the paper's [F_v; Q] order), the residual starts from the
-*normed* queries, and the MLP is SwiGLU with a LayerNorm inside: w2(ffn_ln(silu(w1 x) ⊙ w3 x)).
+layer): the queries are normed (norm1), the frame tokens are normed (normk), the keys and values are
+computed from the concatenation of both (mPLUG-Owl puts the queries first; attention is a weighted sum
+over a *set*, so this equals the paper's [F_v; Q] order), the residual starts from the *normed* queries,
+and the MLP is SwiGLU with a LayerNorm inside: w2(ffn_ln(silu(w1 x) ⊙ w3 x)).
 
 How the two streams see the frame structure (our choice; the paper does not say):
   * the **temporal** stream adds a learned per-frame embedding E_t[t] to every token of frame t, so it
@@ -27,17 +27,19 @@ How the two streams see the frame structure (our choice; the paper does not say)
   Queries and E_t are initialised N(0, 0.02²) — random, not mPLUG-Owl's zeros, because we train from
   scratch and identical queries would stay identical.
 
-`variant="official"` is what the official GPT4Video code runs (mPLUG-Owl's video abstractor): the
-2N queries [Q_s; Q_t] go through *one* stack jointly (so they also attend to each other), with no
-frame embedding at all; the first N outputs get their own projection, the last N another, the two are
-summed, and a learned end-of-video embedding is appended: N + 1 tokens (65 at `7b`). In mPLUG-Owl the
-frame order reaches the abstractor through the video ViT's temporal convolutions; with our per-frame
-CLIP ViT the official form cannot tell frame order at all. The paper's form is the default because it
+`VideoAbstractor` is this form. `OfficialAbstractor` (`variant="official"`) is what the official
+GPT4Video code runs (mPLUG-Owl's video abstractor): the 2N queries [Q_s; Q_t] go through *one* stack
+jointly (so they also attend to each other), with no frame embedding at all; the first N outputs get
+their own projection, the last N another, the two are summed, and a learned end-of-video embedding is
+appended: N + 1 tokens (65 at `7b`). In mPLUG-Owl the frame order reaches the abstractor through the
+video ViT's temporal convolutions; with our per-frame CLIP ViT the official form cannot tell frame
+order at all. The paper's form is the default because it
 is what the paper describes (Eq. 2–4: two separate streams, one sum, one projection) and because its
 temporal stream is the one that knows frame order.
 
 The ablation the paper does not report, `streams="spatial"` or `"temporal"`, builds one stream only and
-uses it alone in Eq. 4 (F̂_v = F_s, or F̂_v = F_t); `"both"` is the paper.
+uses it alone in Eq. 4 (F̂_v = F_s, or F̂_v = F_t); `"both"` is the paper. `build_abstractor` returns the
+class that `cfg.variant` names; `cfg.num_output_tokens` says how many tokens it makes (N, or N + 1).
 
 If the ViT width differs from D, one linear map (`frame_proj`) brings the frame tokens to D first;
 at the paper's sizes (1024 = 1024) it is the identity, and the layer is mPLUG-Owl's exactly.
@@ -74,6 +76,8 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, cfg: AbstractorConfig):
         super().__init__()
+        if cfg.dim % cfg.n_heads:
+            raise ValueError(f"abstractor.py: dim {cfg.dim} is not a multiple of n_heads {cfg.n_heads}")
         d = cfg.dim
         self.n_heads = cfg.n_heads
         self.norm1 = nn.LayerNorm(d, eps=QK_NORM_EPS)   # on the queries
@@ -115,60 +119,44 @@ class QueryStream(nn.Module):
         return x
 
 
+STREAMS = ("both", "spatial", "temporal")
+
+
 class VideoAbstractor(nn.Module):
-    """Frame features (B, T, 1+P, vision_dim) -> video tokens for the LLM (B, N, llm_dim); see module doc."""
+    """The paper's abstractor (Eq. 2–4): frame features (B, T, 1+P, vision_dim) -> tokens (B, N, llm_dim).
+
+    Two separate query streams, F_s over the frame tokens as they are and F_t over the frame tokens
+    plus a per-frame embedding E_t, summed and projected: F_video = proj(F_s + F_t). `cfg.streams`
+    "spatial" or "temporal" builds that stream only and uses it alone in Eq. 4.
+    """
 
     def __init__(self, cfg: AbstractorConfig, vision_dim: int, llm_dim: int, num_frames: int):
         super().__init__()
-        if cfg.variant not in ("paper", "official"):
-            raise ValueError(f"abstractor.py: variant must be 'paper' or 'official', got {cfg.variant!r}")
-        if cfg.streams not in ("both", "spatial", "temporal") or cfg.variant == "official" and cfg.streams != "both":
-            raise ValueError(f"abstractor.py: streams must be 'both', 'spatial' or 'temporal' (only 'both' for "
-                             f"the official variant), got {cfg.streams!r} with variant {cfg.variant!r}")
-        if cfg.dim % cfg.n_heads:
-            raise ValueError(f"abstractor.py: dim {cfg.dim} is not a multiple of n_heads {cfg.n_heads}")
+        if cfg.variant != "paper" or cfg.streams not in STREAMS:
+            raise ValueError(f"abstractor.py: streams must be 'both', 'spatial' or 'temporal' with variant "
+                             f"'paper' (see build_abstractor), got {cfg.streams!r} with {cfg.variant!r}")
         self.cfg, self.vision_dim, self.num_frames = cfg, vision_dim, num_frames
-        n = cfg.num_queries
         self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
-        if cfg.variant == "paper":                # an ablation (cfg.streams) builds one stream only
-            if cfg.streams != "spatial":
-                self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
-                self.temporal = QueryStream(cfg, n)                      # Eq. 3: Q_t
-            if cfg.streams != "temporal":
-                self.spatial = QueryStream(cfg, n)                       # Eq. 2: Q_s
-            self.proj = nn.Linear(cfg.dim, llm_dim)                      # W, b
-        else:
-            self.joint = QueryStream(cfg, 2 * n)                         # [Q_s; Q_t] run together
-            self.proj = nn.Linear(cfg.dim, llm_dim)                      # mPLUG-Owl `visual_fc`
-            self.temporal_proj = nn.Linear(cfg.dim, llm_dim)             # mPLUG-Owl `temporal_visual_fc`
-            self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)      # mPLUG-Owl `vit_eos`
+        if cfg.streams != "spatial":
+            self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
+            self.temporal = QueryStream(cfg, cfg.num_queries)            # Eq. 3: Q_t
+        if cfg.streams != "temporal":
+            self.spatial = QueryStream(cfg, cfg.num_queries)             # Eq. 2: Q_s
+        self.proj = nn.Linear(cfg.dim, llm_dim)                          # W, b
 
     @property
     def num_output_tokens(self) -> int:
-        """How many LLM embeddings one video becomes: N (paper) or N + 1 (official, with end-of-video)."""
-        return self.cfg.num_queries + (self.cfg.variant == "official")
-
-    def _check(self, frame_features: torch.Tensor) -> None:
-        shape = tuple(frame_features.shape)
-        if frame_features.dim() != 4 or shape[-1] != self.vision_dim:
-            raise ValueError(f"abstractor.py: expected frame features (B, T, 1+P, {self.vision_dim}), "
-                             f"got shape {shape}")
-        if self.cfg.variant == "paper" and shape[1] != self.num_frames:
-            raise ValueError(f"abstractor.py: got {shape[1]} frames per video, but the temporal embedding "
-                             f"was built for num_frames={self.num_frames}")
+        """How many LLM embeddings one video becomes: N."""
+        return self.cfg.num_output_tokens
 
     def streams(self, frame_features: torch.Tensor, attentions: dict | None = None):
         """The two query streams before the sum and projection: (F_s, F_t), each (B, N, D); None for a
-        stream an ablation (cfg.streams) left out.
-
-        For the official variant these are the first and last N outputs of the joint stack.
-        """
-        self._check(frame_features)
+        stream an ablation (cfg.streams) left out."""
+        if frame_features.shape[1:2] != (self.num_frames,) or frame_features.shape[-1] != self.vision_dim:
+            raise ValueError(f"abstractor.py: expected frame features (B, T={self.num_frames}, 1+P, "
+                             f"{self.vision_dim}), got {tuple(frame_features.shape)}")
         f = self.frame_proj(frame_features)                             # (B, T, 1+P, D)
         collect = lambda name: None if attentions is None else attentions.setdefault(name, [])
-        if self.cfg.variant == "official":
-            x = self.joint(rearrange(f, "b t p d -> b (t p) d"), collect("joint"))  # (B, 2N, D)
-            return x[:, :self.cfg.num_queries], x[:, self.cfg.num_queries:]   # (B, N, D) ×2
         F_s = F_t = None
         if self.cfg.streams != "temporal":
             f_s = rearrange(f, "b t p d -> b (t p) d")                   # (B, T·(1+P), D): no frame identity
@@ -179,18 +167,75 @@ class VideoAbstractor(nn.Module):
         return F_s, F_t
 
     def forward(self, frame_features: torch.Tensor, return_attention: bool = False):
-        """frame_features (B, T, 1+P, vision_dim) -> video tokens (B, N, llm_dim); (B, N+1, llm_dim) official.
+        """frame_features (B, T, 1+P, vision_dim) -> video tokens (B, N, llm_dim).
 
         With `return_attention=True` also returns {stream: [per-layer (B, H, N, N + T·(1+P))]}; the key
         axis holds the N queries first, then the frame tokens frame by frame.
         """
         maps: dict = {}
         F_s, F_t = self.streams(frame_features, maps if return_attention else None)
-        if self.cfg.variant == "paper":
-            fused = F_t if F_s is None else F_s if F_t is None else F_s + F_t   # Eq. 4: F̂_v (B, N, D)
-            video = self.proj(fused)                                     # W F̂_v + b: (B, N, d_llm)
+        if F_s is None or F_t is None:                                   # a one-stream ablation
+            video = self.proj(F_t if F_s is None else F_s)               # (B, N, d_llm)
         else:
-            video = self.proj(F_s) + self.temporal_proj(F_t)            # (B, N, d_llm)
-            eos = self.eos.expand(video.shape[0], -1, -1).to(video.dtype)
-            video = torch.cat([video, eos], dim=1)                       # (B, N+1, d_llm)
+            video = self.proj(F_s + F_t)                                 # Eq. 4, W F̂_v + b: (B, N, d_llm)
         return (video, maps) if return_attention else video
+
+
+class OfficialAbstractor(nn.Module):
+    """The official code's abstractor (mPLUG-Owl's joint form): frame features (B, T, 1+P, vision_dim) ->
+    video tokens (B, N+1, llm_dim).
+
+    One stack of 2N queries [Q_s; Q_t] over the frame tokens, no frame embedding; the first N outputs go
+    through `proj` (mPLUG-Owl `visual_fc`), the last N through `temporal_proj` (`temporal_visual_fc`), the
+    two are summed, and the learned end-of-video embedding `eos` (`vit_eos`) is appended. It takes any T
+    (`num_frames` is accepted only for the same signature as `VideoAbstractor`).
+    """
+
+    def __init__(self, cfg: AbstractorConfig, vision_dim: int, llm_dim: int, num_frames: int | None = None):
+        super().__init__()
+        if cfg.variant != "official" or cfg.streams != "both":
+            raise ValueError(f"abstractor.py: streams must be 'both' with variant 'official' (see "
+                             f"build_abstractor), got {cfg.streams!r} with {cfg.variant!r}")
+        self.cfg, self.vision_dim = cfg, vision_dim                      # num_frames: unused, any T works
+        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
+        self.joint = QueryStream(cfg, 2 * cfg.num_queries)               # [Q_s; Q_t] run together
+        self.proj = nn.Linear(cfg.dim, llm_dim)                          # mPLUG-Owl `visual_fc`
+        self.temporal_proj = nn.Linear(cfg.dim, llm_dim)                 # mPLUG-Owl `temporal_visual_fc`
+        self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)          # mPLUG-Owl `vit_eos`
+
+    @property
+    def num_output_tokens(self) -> int:
+        """How many LLM embeddings one video becomes: N + 1 (with the end-of-video token)."""
+        return self.cfg.num_output_tokens
+
+    def streams(self, frame_features: torch.Tensor, attentions: dict | None = None):
+        """The first and last N outputs of the joint stack, (F_s, F_t), each (B, N, D)."""
+        if frame_features.ndim != 4 or frame_features.shape[-1] != self.vision_dim:
+            raise ValueError(f"abstractor.py: expected frame features (B, T, 1+P, {self.vision_dim}), "
+                             f"got {tuple(frame_features.shape)}")
+        f = rearrange(self.frame_proj(frame_features), "b t p d -> b (t p) d")   # (B, T·(1+P), D)
+        x = self.joint(f, None if attentions is None else attentions.setdefault("joint", []))  # (B, 2N, D)
+        n = self.cfg.num_queries
+        return x[:, :n], x[:, n:]                                        # (B, N, D) ×2
+
+    def forward(self, frame_features: torch.Tensor, return_attention: bool = False):
+        """frame_features (B, T, 1+P, vision_dim) -> video tokens (B, N+1, llm_dim).
+
+        With `return_attention=True` also returns {"joint": [per-layer (B, H, 2N, 2N + T·(1+P))]}.
+        """
+        maps: dict = {}
+        F_s, F_t = self.streams(frame_features, maps if return_attention else None)
+        video = self.proj(F_s) + self.temporal_proj(F_t)                 # (B, N, d_llm)
+        eos = self.eos.expand(video.shape[0], -1, -1).to(video.dtype)    # (B, 1, d_llm)
+        video = torch.cat([video, eos], dim=1)                           # (B, N+1, d_llm)
+        return (video, maps) if return_attention else video
+
+
+def build_abstractor(cfg: AbstractorConfig, vision_dim: int, llm_dim: int,
+                     num_frames: int) -> VideoAbstractor | OfficialAbstractor:
+    """The abstractor `cfg.variant` names: "paper" (`VideoAbstractor`) or "official" (`OfficialAbstractor`)."""
+    if cfg.variant == "paper":
+        return VideoAbstractor(cfg, vision_dim, llm_dim, num_frames)
+    if cfg.variant == "official":
+        return OfficialAbstractor(cfg, vision_dim, llm_dim, num_frames)
+    raise ValueError(f"abstractor.py: variant must be 'paper' or 'official', got {cfg.variant!r}")

@@ -7,8 +7,11 @@ One turn (`Assistant.ask`):
     N soft tokens spliced in ──LLaMA (+LoRA), streamed──▶ reply ──is it a refusal?──▶ stage "model"
     reply ──extract <video>/<videoK> prompts──▶ each: output-prompt check ──▶ generator ──▶ mp4
 
-An attached video (`add_video`) first passes the input-video check; a flagged one is *not* attached
-(the model never sees it) and the next turn is answered with a polite refusal (stage "input-video").
+Whether a reply *is* a refusal is the `refusal` detector's call (a parameter: by default
+`safety.is_refusal`, the phrases instruction-tuned LLaMAs refuse with; chat.py hands the nano model the
+toy world's own). An attached video (`add_video`) first passes the input-video check; a flagged one is
+*not* attached (the model never sees it) and the next turn is answered with a polite refusal (stage
+"input-video").
 
 **History trimming.** The template's prompt (system text, every turn, N placeholder tokens per video,
 "###AI:") plus `max_new_tokens` must fit the LLM's `max_seq_len`. When it does not, whole turns are
@@ -42,9 +45,8 @@ from .generate import SamplingConfig, stream
 from .inference import prompt_embeddings, video_tokens
 from .lora import merge_lora
 from .model import GPT4Video
-from .safety import REFUSALS, Safety, Verdict
+from .safety import REFUSALS, Safety, Verdict, is_refusal
 from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
-from .toydata import is_refusal
 from .weights import CheckpointError
 
 
@@ -143,7 +145,7 @@ def unused_path(path: Path) -> Path:
 
 @dataclass
 class TurnResult:
-    """What one turn produced; `to_json` is the --json object of DESIGN.md §4 (plus prompts and errors)."""
+    """What one turn produced; `to_json` is chat.py's --json object (docs/design.md, chat.py's --json)."""
     reply: str
     videos: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
@@ -164,8 +166,9 @@ class Assistant:
 
     def __init__(self, model: GPT4Video, tokenizer: Tokenizer, *, sampling: SamplingConfig = SamplingConfig(),
                  safety: Safety | None = None, generator=None, out_dir: str | Path = "chat_videos",
-                 t2v_frames: int | None = None, device: str = "cpu", log=lambda item: None):
+                 t2v_frames: int | None = None, device: str = "cpu", refusal=is_refusal, log=lambda item: None):
         self.model, self.tokenizer, self.device, self.log = model, tokenizer, device, log
+        self.is_refusal = refusal                # reply -> bool: does it read as the model's refusal?
         self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
         self.safety, self.generator = safety or Safety(), generator
         self.out_dir, self.t2v_frames = Path(out_dir), t2v_frames
@@ -220,7 +223,7 @@ class Assistant:
             self.turns.pop()
             return TurnResult("", errors=[str(e)])
         result = TurnResult(reply, new_tokens=n, seconds=time.perf_counter() - started)
-        if is_refusal(reply) and not extract_video_prompts(reply):
+        if self.is_refusal(reply) and not extract_video_prompts(reply):
             result.refused, result.refusal_stage = True, "model"
             self.log(Verdict("model", True, "the reply is a refusal"))
         else:

@@ -52,6 +52,11 @@ class AbstractorConfig:
     variant: str = "paper"         # "paper": Eq. 2–4 as written | "official": mPLUG-Owl's joint form
     streams: str = "both"          # Eq. 4 ablation (paper variant): "both" F_s + F_t | "spatial" | "temporal"
 
+    @property
+    def num_output_tokens(self) -> int:
+        """LLM embeddings per video: N, or N + 1 for the official variant (its end-of-video token)."""
+        return self.num_queries + (self.variant == "official")
+
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -163,7 +168,7 @@ def _test() -> G4VConfig:
 def _nano() -> G4VConfig:
     """The toy world at laptop scale, sized for the whole recipe in < 20 min on 2 CPU cores. On a CPU the
     number of optimiser steps matters more than the width: a 192-wide, 4-layer LLaMA at batch 8 reads
-    captions better in the same minutes than a 256-wide, 6-layer one at batch 16 (stage0.py)."""
+    captions better in the same minutes than a 256-wide, 6-layer one at batch 16 (weights/nano/README.md)."""
     return G4VConfig(
         name="nano",
         num_frames=4,

@@ -73,22 +73,17 @@ class DataError(ValueError):
 # --- the template ---------------------------------------------------------------------------------
 
 _HASHES = re.compile(r"#{3,}")
-_VIDEO_TAG = re.compile(r"<(/?)(video\d*)>", re.IGNORECASE)
+VIDEO_TAG = re.compile(r"<(/?)(video\d*)>", re.IGNORECASE)
 
 
 def escape(text: str, *, keep_video_tags: bool = False) -> str:
     """Make text unable to forge a turn marker (or, unless kept, a video tag); see the module docstring."""
     text = _HASHES.sub(lambda m: " ".join(m.group()), text)          # "###AI:" -> "# # #AI:"
-    return text if keep_video_tags else _VIDEO_TAG.sub(r"<\1 \2>", text)  # "<video>" -> "< video>"
-
-
-def num_video_tokens(cfg: G4VConfig) -> int:
-    """N, the slot length: the abstractor's queries, plus the official variant's end-of-video token."""
-    return cfg.abstractor.num_queries + (cfg.abstractor.variant == "official")
+    return text if keep_video_tags else VIDEO_TAG.sub(r"<\1 \2>", text)  # "<video>" -> "< video>"
 
 
 @dataclass
-class _Part:
+class Part:
     """One piece of the rendered conversation: text, a video slot, or </s>."""
     kind: str            # "text" (never trained under loss_on="ai"), "answer" (AI text), "eos", "slot"
     text: str = ""
@@ -97,7 +92,7 @@ class _Part:
 
 
 def check_conversation(conversation: dict) -> None:
-    """Raise DataError(reason) unless `conversation` has the shape of DESIGN.md §3."""
+    """Raise DataError(reason) unless `conversation` has the shape in docs/design.md (conversations)."""
     if not isinstance(conversation, dict) or not isinstance(conversation.get("turns"), list):
         raise DataError("a conversation needs a list of turns", "bad conversation")
     videos = conversation.get("videos", [])
@@ -119,30 +114,30 @@ def check_conversation(conversation: dict) -> None:
             raise DataError(f"turn {i}: not a human/ai turn: {str(turn)[:60]}", "bad turn")
 
 
-def _layout(conversation: dict, for_reply: bool = False) -> list[_Part]:
+def layout(conversation: dict, for_reply: bool = False) -> list[Part]:
     """The conversation as template parts, in order (no tokenizer needed)."""
     check_conversation(conversation)
     several = len(conversation.get("videos", [])) > 1
-    parts = [_Part("text", SYSTEM)]
+    parts = [Part("text", SYSTEM)]
     for i, turn in enumerate(conversation["turns"]):
         if "video" in turn:
             tag = f"video{turn['video'] + 1}" if several else "video"
-            parts += [_Part("text", f"{HUMAN} <{tag}>", i), _Part("slot", turn=i, video=turn["video"]),
-                      _Part("text", f"</{tag}>\n", i)]
+            parts += [Part("text", f"{HUMAN} <{tag}>", i), Part("slot", turn=i, video=turn["video"]),
+                      Part("text", f"</{tag}>\n", i)]
         elif turn["from"] == "human":
-            parts.append(_Part("text", f"{HUMAN} {escape(turn['value'].strip())}\n", i))
+            parts.append(Part("text", f"{HUMAN} {escape(turn['value'].strip())}\n", i))
         else:
             answer = escape(turn["value"].strip(), keep_video_tags=True)
-            parts += [_Part("text", AI, i), _Part("answer", f" {answer}\n", i), _Part("eos", turn=i)]
+            parts += [Part("text", AI, i), Part("answer", f" {answer}\n", i), Part("eos", turn=i)]
     if for_reply:
-        parts.append(_Part("text", AI, len(conversation["turns"])))
+        parts.append(Part("text", AI, len(conversation["turns"])))
     return parts
 
 
 def render(conversation: dict, num_video_tokens: int = 64, *, for_reply: bool = False) -> str:
     """The text the model reads, video slots shown as "{N video tokens}" and end of turn as "</s>"."""
     show = {"slot": f"{{{num_video_tokens} video tokens}}", "eos": "</s>"}
-    return "".join(show.get(p.kind, p.text) for p in _layout(conversation, for_reply))
+    return "".join(show.get(p.kind, p.text) for p in layout(conversation, for_reply))
 
 
 def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
@@ -171,7 +166,7 @@ def _encode_piece(tokenizer, text: str, first: bool) -> list[int]:
     return ids
 
 
-def _encode_parts(tokenizer, parts: list[_Part], num_video_tokens: int):
+def encode_parts(tokenizer, parts: list[Part], num_video_tokens: int):
     """Yield (part, ids) for every part; <s> is the caller's."""
     for j, part in enumerate(parts):
         if part.kind == "slot":
@@ -188,7 +183,7 @@ def encode_conversation(tokenizer, conversation: dict, loss_on: str = "ai", num_
 
     Returns {"input_ids": [int], "labels": [int] (same length, −100 = not trained, not shifted),
     "video_slots": [(start, k)]}: video k's N embeddings go to positions start..start+N−1.
-    `num_video_tokens` is N (see `num_video_tokens(cfg)`; 64 is the paper's).
+    `num_video_tokens` is N (`cfg.abstractor.num_output_tokens`; 64 is the paper's).
 
     `max_seq_len` counts the video tokens too (it is the spliced length). A longer conversation is
     cut at max_seq_len, except that a cut inside a video turn moves back to that turn's start: a slot
@@ -198,10 +193,10 @@ def encode_conversation(tokenizer, conversation: dict, loss_on: str = "ai", num_
     """
     if loss_on not in ("ai", "all"):
         raise ValueError(f"loss_on must be 'ai' or 'all', not {loss_on!r}")
-    parts = _layout(conversation)                                       # checks the conversation's shape
+    parts = layout(conversation)                                       # checks the conversation's shape
     ids, labels, slots = [tokenizer.bos_id], [IGNORE], []
     turns, video_turns = conversation["turns"], {}                     # video turn -> [first, end) positions
-    for part, part_ids in _encode_parts(tokenizer, parts, num_video_tokens):
+    for part, part_ids in encode_parts(tokenizer, parts, num_video_tokens):
         if part.kind == "slot":
             slots.append((len(ids), part.video))
         if 0 <= part.turn < len(turns) and "video" in turns[part.turn]:
@@ -234,7 +229,7 @@ def prompt_for_reply(tokenizer, conversation: dict, num_video_tokens: int = 64) 
     one more AI turn, so the model continues where training taught it to: " answer\\n</s>".
     """
     ids, slots = [tokenizer.bos_id], []
-    for part, part_ids in _encode_parts(tokenizer, _layout(conversation, for_reply=True), num_video_tokens):
+    for part, part_ids in encode_parts(tokenizer, layout(conversation, for_reply=True), num_video_tokens):
         if part.kind == "slot":
             slots.append((len(ids), part.video))
         ids += part_ids
@@ -246,6 +241,11 @@ def clean_reply(text: str) -> str:
     for stop in STOP_STRINGS:
         text = text.split(stop, 1)[0]
     return text.strip()
+
+
+def normalize_answer(text: str) -> str:
+    """Case, surrounding space and a final full stop do not count: "A red circle." == "a red circle"."""
+    return " ".join(text.lower().strip().rstrip(".").split())
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.items = []
         for record in records:
             try:
-                enc = encode_conversation(tokenizer, record, loss_on, num_video_tokens(cfg),
+                enc = encode_conversation(tokenizer, record, loss_on, cfg.abstractor.num_output_tokens,
                                           max_seq_len or cfg.llama.max_seq_len)
             except DataError as e:
                 self.skips.skip(record.get("source", "record"), e)

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .config import PRESETS, preset
 from .data import DataError, feature_file, save_features
-from .trainer import TrainError, read_records
+from .readers import read_records
+from .trainer import TrainError
 from .video import VideoError, sample_frames
 from .vision import preprocess
 from .weights import CheckpointError, load_vision

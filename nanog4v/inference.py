@@ -10,16 +10,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .data import STOP_STRINGS, DataError, clean_reply, feature_file, prompt_for_reply
+from .data import STOP_STRINGS, DataError, clean_reply, feature_file, normalize_answer, prompt_for_reply
 from .generate import SamplingConfig, generate
 from .model import splice_video
 from .video import VideoError, sample_frames
 from .vision import preprocess
-
-
-def normalize_answer(text: str) -> str:
-    """Case, surrounding space and a final full stop do not count: "A red circle." == "a red circle"."""
-    return " ".join(text.lower().strip().rstrip(".").split())
 
 
 def video_tokens(model, videos: list[str], features_dir=None, device="cpu") -> torch.Tensor:

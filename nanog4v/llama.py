@@ -8,7 +8,8 @@
 Module and parameter names are the Hugging Face `LlamaForCausalLM` names without the `model.` prefix
 (`embed_tokens`, `layers.3.self_attn.q_proj`, ..., `norm`, `lm_head`), so an official checkpoint
 loads by stripping that prefix (`nanog4v.weights.load_llama`), LoRA targets read like peft's, and
-`save_llama` writes back what transformers reads.
+`save_llama` writes back what transformers reads. Every matrix is a `cpu_linear.Linear`: an `nn.Linear`
+with a faster kernel for the one-row products of CPU decoding (same parameters, same values).
 
 A forward can start from token ids or from input embeddings (GPT4Video splices its 65 video tokens
 into the prompt as embeddings), at any `start_pos`, with an optional padding mask. With a KV cache
@@ -23,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import LlamaConfig
+from .cpu_linear import Linear
 
 
 class RMSNorm(nn.Module):
@@ -72,57 +74,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate each head's (x_j, x_{j+d/2}) pair by angle(p, j):  x' = x·cos + rotate_half(x)·sin.
 
     Meta's original code rotates *adjacent* pairs (x_2j, x_2j+1). Hugging Face checkpoints were
-    converted with the rows of q_proj and k_proj permuted per head (REFERENCE.md §2) so that the
-    half-split form above gives the same attention scores. We load HF-layout weights, so we use
-    the half-split form; a raw Meta `consolidated.*.pth` would need that permutation first.
+    converted with the rows of q_proj and k_proj permuted per head so that the half-split form above
+    gives the same attention scores. We load HF-layout weights, so we use the half-split form; a raw
+    Meta `consolidated.*.pth` would need that permutation first.
 
     x: (B, H, L, d); cos, sin: (B, L, d).
     """
     cos, sin = cos[:, None], sin[:, None]                               # (B, 1, L, d)
     return x * cos + rotate_half(x) * sin
-
-
-# --- the matmul of batch-1 decoding on the CPU ------------------------------------------------------
-
-# oneDNN's fused linear op (what torch.compile calls on the CPU); absent from builds without oneDNN
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-ONEDNN_MIN_WEIGHT = 1 << 19   # elements; a oneDNN call costs ~15 µs, so smaller matrices keep MKL
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x Wᵀ + b, like `F.linear`, with a faster kernel for the one-row products of CPU decoding.
-
-    Decoding one token multiplies every weight matrix by one vector, so a step costs the time to
-    stream the weights from memory. PyTorch's default kernels for that one-row product leave most
-    of the memory bandwidth unused on the CPU (bench/RESULTS.md, 2-core EPYC):
-      fp32       MKL's sgemv runs on one thread (~12 GB/s); oneDNN's linear uses them all (~30 GB/s)
-                 but costs ~15 µs more a call, so it takes only matrices of ≥ 2¹⁹ elements
-      bf16/fp16  oneDNN repacks the weight on every call (~10-19 GB/s); ATen's own gemv, which runs
-                 when oneDNN is switched off, reads each weight once (~21-33 GB/s)
-    Only inference (no autograd graph) with a single row on the CPU takes these paths; training,
-    prefill, batches and GPUs use `F.linear`. Same values up to summation order (~1e-6 relative).
-    Switching oneDNN off is process-global for the one call: another thread's matmul in that window
-    would also skip oneDNN (slower, same result).
-    """
-    if x.device.type != "cpu" or x.numel() != x.shape[-1] or torch.is_grad_enabled():
-        return F.linear(x, weight, bias)
-    onednn = torch.backends.mkldnn.enabled                              # unless the user switched it off
-    if x.dtype == torch.float32 and onednn and ONEDNN_LINEAR and weight.numel() >= ONEDNN_MIN_WEIGHT:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    if x.dtype in (torch.bfloat16, torch.float16) and onednn:
-        torch.backends.mkldnn.enabled = False
-        try:
-            return F.linear(x, weight, bias)
-        finally:
-            torch.backends.mkldnn.enabled = True
-    return F.linear(x, weight, bias)
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same state-dict keys) whose forward is `linear` above."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
 
 
 class KVCache(nn.Module):
@@ -309,8 +268,7 @@ class LLaMA(nn.Module):
             k_idx = torch.arange(S, device=device)                       # (S,)
             return positions, (k_idx[None, :] <= q_idx[:, None]).expand(B, 1, L, S)
         if attention_mask.shape != (B, start_pos + L):
-            raise ValueError(f"LLaMA.forward: attention_mask has shape {tuple(attention_mask.shape)}, "
-                             f"expected (B, start_pos + L) = {(B, start_pos + L)}")
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} is not (B, start_pos + L)")
         real = attention_mask.to(device=device, dtype=torch.bool)        # (B, start_pos + L)
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]    # (B, L)
         k_idx = torch.arange(S, device=device)                           # (S,)
@@ -326,4 +284,4 @@ def num_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["LLaMA", "RMSNorm", "rope_cos_sin", "rotate_half", "apply_rope", "KVCache", "Attention",
-           "MLP", "Block", "Linear", "linear", "num_parameters"]
+           "MLP", "Block", "num_parameters"]

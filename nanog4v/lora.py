@@ -13,7 +13,7 @@ checkpoint's keys do not change; LoRA adds `lora_A` and `lora_B` beside them. Af
 `merge_lora` folds W ← W + (α/r)·B A into the base weight (a plain linear again, no extra cost at
 inference), `save_llama` can then export it, and `unmerge_lora` takes it back out.
 
-Adapters are saved in peft's layout (REFERENCE.md §3) — `adapter_model.safetensors` with keys
+Adapters are saved in peft's layout (docs/formats.md) — `adapter_model.safetensors` with keys
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` plus `adapter_config.json` — so
 `peft.PeftModel.from_pretrained` loads ours and `load_lora` loads peft's.
 """
@@ -29,8 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .llama import linear
-from .weights import CheckpointError
+from .cpu_linear import linear
+from .safetensors_io import CheckpointError, state_problems
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -44,7 +44,7 @@ class LoRALinear(nn.Module):
 
     The adapter is stored in float32 when the base is float16/bfloat16 (as peft does by default):
     small learning-rate updates would vanish in bf16. Its input is cast to the adapter's dtype and
-    its output back to the base's. The frozen matmul W x goes through `llama.linear`, so decoding
+    its output back to the base's. The frozen matmul W x goes through `cpu_linear.linear`, so decoding
     with an unmerged adapter keeps the fast one-row CPU kernel.
     """
 
@@ -221,12 +221,10 @@ def load_lora(module: nn.Module, path: str | Path) -> nn.Module:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"{weights_file}: not a readable safetensors file ({e})") from None
-    ours = {_our_name(k): t for k, t in tensors.items()}
-    unexpected = sorted(k for k in tensors if _our_name(k) is None)
 
     layers = lora_layers(module)
     if not layers:
-        targets = sorted({n.rsplit(".", 2)[-2] for n in ours if n is not None})
+        targets = sorted({n.rsplit(".", 2)[-2] for n in map(_our_name, tensors) if n is not None})
         if not targets:
             raise CheckpointError(f"{weights_file}: no LoRA tensors in this file")
         add_lora(module, targets, r, alpha, dropout)
@@ -238,20 +236,14 @@ def load_lora(module: nn.Module, path: str | Path) -> nn.Module:
     wrong_scale = [n for n, m in layers.items() if (m.r, m.alpha) != (r, alpha)]
     if wrong_scale:
         problems.append(f"file has r={r}, alpha={alpha}, layers differ: {_short(wrong_scale)}")
-    wanted = {k: p for k, p in module.named_parameters() if _is_lora_param(k)}
-    missing = sorted(k for k in wanted if k not in ours)
-    unexpected += sorted(_peft_key(k) for k in ours if k is not None and k not in wanted)
-    wrong_shape = [f"{_peft_key(k)} {tuple(t.shape)} != {tuple(wanted[k].shape)}"
-                   for k, t in ours.items() if k in wanted and t.shape != wanted[k].shape]
-    for label, names in [("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)]:
-        if names:
-            problems.append(f"{label}: {_short(names)}")
+    wanted = {_peft_key(k): p for k, p in module.named_parameters() if _is_lora_param(k)}   # the file's names
+    problems += state_problems(tensors, wanted)
     if problems:
         raise CheckpointError(f"{weights_file}: cannot load into {type(module).__name__}: "
                               + "; ".join(problems))
     with torch.no_grad():
         for k, p in wanted.items():
-            p.copy_(ours[k])
+            p.copy_(tensors[k])
     return module
 
 

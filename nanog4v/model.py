@@ -27,16 +27,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .abstractor import VideoAbstractor
+from .abstractor import build_abstractor
 from .config import G4VConfig
+from .data import IGNORE
 from .llama import LLaMA
 from .lora import add_lora, lora_state_dict
+from .safetensors_io import CheckpointError, state_problems
 from .vision import VisionTransformer
-from .weights import CheckpointError, load_llama, load_vision
-
-IGNORE = -100  # label of a position that Eq. 5 does not train
+from .weights import load_llama, load_vision
 
 
 def splice_video(embeds: torch.Tensor, video_tokens: torch.Tensor,
@@ -67,7 +68,7 @@ class GPT4Video(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vision = VisionTransformer(cfg.vision)                     # frozen CLIP ViT
-        self.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+        self.abstractor = build_abstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
         self.llm = LLaMA(cfg.llama)                                     # frozen LLaMA (+LoRA in stage 2)
         self.has_lora = False
         self.vision.requires_grad_(False)
@@ -106,8 +107,6 @@ class GPT4Video(nn.Module):
                              f"max_seq_len {self.cfg.llama.max_seq_len}")
         embeds = self.llm.embed_tokens(input_ids)                      # (B, L, d_llm)
         if video_slots:
-            if features is None and videos is None:
-                raise ValueError("the batch has video slots but neither videos nor features")
             video_tokens = (self.abstractor(features.float()) if features is not None
                             else self.encode_video(videos))             # (V, N, d_llm)
             embeds = splice_video(embeds, video_tokens.to(embeds.dtype), list(video_slots))
@@ -153,32 +152,47 @@ class GPT4Video(nn.Module):
         (directory / "config.json.tmp").replace(directory / "config.json")
         return directory
 
+    @staticmethod
+    def read_config(directory: str | Path) -> tuple[G4VConfig, bool]:
+        """(config, whether it has LoRA) of a directory `save_pretrained` wrote; CheckpointError if it is not one."""
+        directory = Path(directory)
+        for f in (directory / "config.json", directory / "gpt4video.safetensors"):
+            if not f.is_file():
+                raise CheckpointError(f"{f}: missing (not a GPT4Video checkpoint directory: it needs config.json "
+                                      "and gpt4video.safetensors, as save_pretrained and train.py --out write)")
+        try:
+            meta = json.loads((directory / "config.json").read_text())
+            return G4VConfig.from_dict(meta["config"]), bool(meta.get("lora"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory / 'config.json'}: not a GPT4Video config ({e})") from None
+
+    def load_trainable(self, directory: str | Path) -> None:
+        """The trainable parts from `directory/gpt4video.safetensors`, strictly: every key of
+        `trainable_state_dict` with its shape, nothing else (tensors on the meta device get real ones)."""
+        file = Path(directory) / "gpt4video.safetensors"
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: unreadable ({e})") from None
+        problems = state_problems(state, self.trainable_state_dict())
+        if problems:
+            raise CheckpointError(f"{file}: does not fit the model: " + "; ".join(problems))
+        self.load_state_dict(state, strict=False, assign=True)
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, vision_path: str | Path, llama_path: str | Path,
                         dtype: torch.dtype = torch.float32) -> "GPT4Video":
         """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`."""
-        directory = Path(directory)
-        meta_file, tensor_file = directory / "config.json", directory / "gpt4video.safetensors"
-        for f in (meta_file, tensor_file):
-            if not f.is_file():
-                raise CheckpointError(f"{f}: missing (not a GPT4Video checkpoint directory)")
-        meta = json.loads(meta_file.read_text())
+        cfg, lora = cls.read_config(directory)
         with torch.device("meta"):                      # no random 7B copy: every tensor comes from a file
-            model = cls(G4VConfig.from_dict(meta["config"]))
+            model = cls(cfg)
         model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
         model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
-        if meta.get("lora"):
+        if lora:
             model.add_lora()
-        state = load_file(str(tensor_file))
-        expected = model.trainable_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        if missing or unexpected or wrong:
-            raise CheckpointError(f"{tensor_file}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                                  f"wrong shape {wrong[:5]}")
-        model.load_state_dict(state, strict=False, assign=True)   # materialises the abstractor
+        model.load_trainable(directory)                  # materialises the abstractor
         still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
         if still_meta:
-            raise CheckpointError(f"{tensor_file}: not initialised after loading: {still_meta[:5]}")
+            raise CheckpointError(f"{directory}: not initialised after loading: {still_meta[:5]}")
         model.requires_grad_(False)                      # inference; `set_stage` picks what trains
         return model.eval()

@@ -1,11 +1,12 @@
-"""The data set readers: every source becomes the same conversation record (DESIGN.md §3, §5).
+"""The data set readers: every source becomes the same conversation record (docs/design.md).
 
 - ``read_videochat``: VideoChat-11k JSON (stage 1), ``[{"video": path, "QA": [{"i"?, "q", "a"}]}]``;
 - ``read_dialogues``: GPT4Video-50k-style dialogues (stage 2, text only), one record per line or a JSON
   list, ``{"id"?, "conversations": [{"from": "human"|"user"|"gpt"|"ai"|"assistant", "value"}]}`` whose AI
   turns show videos with ``<video> caption </video>`` / ``<videoK> caption </videoK>``;
 - ``read_safety``: the same shape plus ``"label": "refuse"|"benign"``;
-- ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...], "label"?}``.
+- ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...], "label"?}``;
+- ``read_records``: any mix of these files, each format recognised from its first record (``sniff_format``).
 
 A malformed record is skipped and counted by reason in a ``SkipCounter`` (the first few printed as
 ``file:line: problem``), or raises ``DataError("file:line: problem")`` with ``strict=True``; a missing
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .data import _VIDEO_TAG, DataError, SkipCounter, check_conversation
+from .data import VIDEO_TAG, DataError, SkipCounter, check_conversation
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, object]]:
@@ -100,7 +101,7 @@ def _turns(conversations) -> list[dict]:
 def _check_video_tags(text: str, i: int) -> None:
     """An AI turn's <video> / <videoK> captions must be closed, not nested, and not empty."""
     open_tag = None
-    for m in _VIDEO_TAG.finditer(text):
+    for m in VIDEO_TAG.finditer(text):
         closing, name = m.group(1) == "/", m.group(2).lower()
         if not closing and open_tag is None:
             open_tag = (name, m.end())
@@ -206,3 +207,46 @@ def read_jsonl(path, *, video_root=None, check_videos: bool = True, strict: bool
         return record
 
     return _read(path, parse, strict, skips)
+
+
+# --- any data file ------------------------------------------------------------------------------------
+
+def sniff_format(path: Path) -> str:
+    """Which reader a data file needs, from its first record: "videochat" ({"video", "QA"}), "jsonl"
+    (a "video" and "conversations"), "safety" (a "label") or "dialogues" (text-only conversations)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            start = text.index("[") + 1
+            start += len(text[start:]) - len(text[start:].lstrip())           # skip the space after "["
+            first, _ = json.JSONDecoder().raw_decode(text, start)
+        else:
+            first = json.loads(next(line for line in text.split("\n") if line.strip()))
+    except (OSError, UnicodeDecodeError, ValueError, StopIteration) as e:
+        raise DataError(f"{path}: cannot read its first record ({type(e).__name__}: {e})") from None
+    if not isinstance(first, dict):
+        raise DataError(f"{path}: the first record is not a JSON object")
+    if "QA" in first:
+        return "videochat"
+    if first.get("video") is not None:
+        return "jsonl"
+    return "safety" if "label" in first else "dialogues"
+
+
+def read_records(paths, video_root=None, strict: bool = False, log=print) -> list[dict]:
+    """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`."""
+    records = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"{path}: no such data file")
+        kind, skips = sniff_format(path), SkipCounter()
+        if kind == "videochat":
+            found = read_videochat(path, video_root=video_root, strict=strict, skips=skips)
+        elif kind == "jsonl":
+            found = read_jsonl(path, video_root=video_root, strict=strict, skips=skips)
+        else:
+            found = (read_safety if kind == "safety" else read_dialogues)(path, strict=strict, skips=skips)
+        found = list(found)
+        log(f"{path}: {len(found)} records in {kind} format ({skips})")
+        records += found
+    return records

@@ -2,11 +2,11 @@
 
 The paper's argument: a refusal is a *sentence* ("I'm sorry, but I can't help with that"), not a black
 video — the assistant stays in the conversation. Three checks, each reported with its stage (the names
-are the `refusal_stage` values of chat.py's `--json`, DESIGN.md §4):
+are the `refusal_stage` values of chat.py's `--json`, docs/design.md):
 
 1. **input-text** — the user's words. The main check is the trained model itself: stage 2 trains on
-   safety dialogues whose answers are polite refusals (detected in a reply by `toydata.is_refusal`,
-   stage "model"). In front of it sits a light, switchable pre-check, `Lexicon`: weighted terms, a
+   safety dialogues whose answers are polite refusals (a reply that reads as one — `is_refusal`, or
+   the detector the assistant is given for a model trained on other refusals — has stage "model"). In front of it sits a light, switchable pre-check, `Lexicon`: weighted terms, a
    request is flagged when its score reaches 1.0. Strong terms ("naked", "stabbed", "bloody") weigh 1,
    words that are often benign ("fight", "hurt", "attack") weigh ½, so one of them alone never
    refuses ("help a friend who got hurt"), and a term right after a negation ("nothing violent") does
@@ -18,18 +18,14 @@ are the `refusal_stage` values of chat.py's `--json`, DESIGN.md §4):
    sampled and the video is flagged when more than 4 of them are (`VideoChecker`).
    - 7b: the official `CompVis/stable-diffusion-safety-checker` directory (CLIP ViT-L/14, its
      projection and 17 + 3 concept embeddings), loaded by `ConceptChecker.from_pretrained`.
-   - nano: the toy world's "hazard" concept (`toy_hazard_checker`): the concept embedding is the mean
-     image embedding (ln_post of [CLS]) of rendered hazard frames under the nano ViT, its threshold
-     halfway between the mean cosine of hazard and of ordinary frames. It is used only if it separates
-     a second rendered set (≥ 95% of frames right); otherwise — an untrained or random ViT — the
-     colour-stripe detector `StripeDetector` is used, and the log says so.
+   - nano: one concept calibrated from examples (`calibrate_concept`) under the nano ViT — the toy
+     world's hazard sign, built in `nanog4v.toy.hazard` and handed in as the frame checker.
 3. **output-prompt** — every `<video>` prompt the model wrote is checked before any generator runs
-   (the lexicon, which is always on here, plus the toy hazard concept for the toy generator); a
-   flagged prompt is never generated.
+   (the lexicon, which is always on here, plus any concept check the generator needs, e.g. the toy
+   world's hazard sign for its renderer); a flagged prompt is never generated.
 """
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .toyworld import parse_caption, render, sample_scene
+from .safetensors_io import CheckpointError, find_tensors, load_checkpoint, read_config
 from .video import sample_frames
 from .vision import VisionTransformer, preprocess
-from .weights import CLIP_VISION_DEFAULTS, CheckpointError, find_tensors, load_checkpoint, read_config, rename_clip_vision
+from .weights import CLIP_VISION_DEFAULTS, rename_clip_vision
 
 STAGES = ("input-text", "input-video", "model", "output-prompt")
 REFUSALS = {  # what the assistant says when a check (not the model) refuses
@@ -134,7 +130,7 @@ class ConceptChecker:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32) -> "ConceptChecker":
-        """A `StableDiffusionSafetyChecker` directory (config.json + model.safetensors; REFERENCE.md §6):
+        """A `StableDiffusionSafetyChecker` directory (config.json + model.safetensors; docs/formats.md):
         CLIP's vision tower, `visual_projection` (no bias), `concept_embeds` (17, P) and
         `special_care_embeds` (3, P) with their `*_weights` thresholds. Keys may carry transformers 4.x's
         doubled `vision_model.vision_model.` prefix or 5.x's single one."""
@@ -179,55 +175,6 @@ class ConceptChecker:
                    tensors["special_care_embeds"], tensors["special_care_embeds_weights"], name=f"safety checker {path}")
 
 
-class StripeDetector:
-    """The toy hazard sign (black-and-yellow stripes) by colour, for a nano ViT that cannot see it yet.
-
-    Per frame: the "yellow" mask is closed (dilate then erode, radius 2 px), which fills the dark
-    stripes of a hazard sign but adds little to a solid yellow shape; the score is the largest fraction
-    of dark pixels inside the closed mask over 9×9 windows holding ≥ 20 of its pixels; > 0.25 flags.
-    Measured on H.264 toy clips (100 of each kind): hazard frames flagged 95%, ordinary frames 0%, frames
-    of yellow shapes on black 4%; as a video check (> 4 of 10 frames), on the 2000 clips of
-    `python -m nanog4v.toyworld --n 2000 --seed 0`: 160/160 hazard clips flagged, 0/1840 others.
-    """
-    name = "colour-stripe detector"
-
-    def __init__(self, threshold: float = 0.25, radius: int = 2, window: int = 9, min_area: int = 20):
-        self.threshold, self.radius, self.window, self.min_area = threshold, radius, window, min_area
-
-    def frame_score(self, frame: np.ndarray) -> float:
-        f = frame.astype(np.int16)                                                         # (H, W, 3)
-        r, g, b = f[..., 0], f[..., 1], f[..., 2]
-        yellow, dark = (r > 170) & (g > 165) & (b < 120), (r + g + b) < 150              # (H, W) each
-        closed = _erode(_dilate(yellow, self.radius), self.radius)
-        area, filled = _box_sum(closed, self.window), _box_sum(closed & dark, self.window)
-        ratio = np.where(area >= self.min_area, filled / np.maximum(area, 1), 0.0)
-        return float(ratio.max()) if ratio.size else 0.0
-
-    def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.tensor([self.frame_score(f) for f in frames])                       # (T,)
-        return scores > self.threshold, scores[:, None]
-
-
-def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
-    """Binary dilation with a (2k+1)² square: OR of the shifted masks."""
-    h, w = mask.shape
-    padded, out = np.pad(mask, k), np.zeros_like(mask)
-    for dy in range(2 * k + 1):
-        for dx in range(2 * k + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
-    return out
-
-
-def _erode(mask: np.ndarray, k: int) -> np.ndarray:
-    return ~_dilate(~mask, k)
-
-
-def _box_sum(mask: np.ndarray, w: int) -> np.ndarray:
-    """Sum over every w×w window (valid positions), by a summed-area table."""
-    s = np.pad(mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return s[w:, w:] - s[:-w, w:] - s[w:, :-w] + s[:-w, :-w]
-
-
 def vit_embedder(vit: VisionTransformer, device="cpu") -> Callable[[np.ndarray], torch.Tensor]:
     """frames uint8 (T, H, W, 3) -> CLIP image embeddings ln_post([CLS]) (T, D) of our ViT."""
     @torch.no_grad()
@@ -245,31 +192,6 @@ def calibrate_concept(embed, hazard_frames: np.ndarray, safe_frames: np.ndarray)
     pos, neg = F.normalize(embed(hazard_frames), dim=-1), F.normalize(embed(safe_frames), dim=-1)
     concept = F.normalize(pos.mean(0), dim=0)                                              # (D,)
     return concept, ((pos @ concept).mean() + (neg @ concept).mean()).item() / 2
-
-
-def render_frames(seed: int, n: int, hazard: bool, num_frames: int = 4, size: int = 64) -> np.ndarray:
-    """n toy clips (with or without a hazard sign) rendered and stacked as frames (n·T, S, S, 3)."""
-    rng = random.Random(f"{seed}:safety:{hazard}")
-    return np.concatenate([render(sample_scene(rng, set(), hazard=hazard), num_frames, size) for _ in range(n)])
-
-
-def toy_hazard_checker(vit: VisionTransformer | None, device="cpu", seed: int = 0, n: int = 24,
-                       min_accuracy: float = 0.95, size: int = 64):
-    """The nano preset's frame checker: the ViT hazard concept if it separates held-out rendered frames
-    well enough, else the `StripeDetector`. Returns (checker, a note for the log)."""
-    if vit is not None:
-        embed = vit_embedder(vit, device)
-        concept, w = calibrate_concept(embed, render_frames(seed, n, True, size=size),
-                                       render_frames(seed, n, False, size=size))
-        checker = ConceptChecker(embed, concept[None], torch.tensor([w]), name="toy hazard concept (nano ViT)")
-        hz, ok = render_frames(seed + 1, n, True, size=size), render_frames(seed + 1, n, False, size=size)
-        accuracy = (checker(hz)[0].float().mean().item() + (~checker(ok)[0]).float().mean().item()) / 2
-        if accuracy >= min_accuracy:
-            return checker, f"toy hazard concept from the nano ViT (held-out frame accuracy {accuracy:.3f})"
-        note = f"the nano ViT's hazard concept separates only {accuracy:.3f} of held-out frames; "
-    else:
-        note = "no ViT; "
-    return StripeDetector(), note + "using the colour-stripe detector"
 
 
 class VideoChecker:
@@ -294,11 +216,13 @@ class VideoChecker:
 @dataclass
 class Safety:
     """The checks chat.py runs. `lexicon=None` turns the input-text pre-check off; `video=None` the
-    input-video check; `prompt_lexicon` and `toy_concepts` make the output-prompt check."""
+    input-video check; `prompt_lexicon` and `prompt_concepts` make the output-prompt check.
+    `prompt_concepts(prompt)` returns a reason when the generator must not render the prompt (None:
+    fine) — e.g. `nanog4v.toy.hazard.hazard_prompt` for the toy renderer."""
     lexicon: Lexicon | None = field(default_factory=Lexicon)
     video: VideoChecker | None = None
     prompt_lexicon: Lexicon | None = field(default_factory=Lexicon)
-    toy_concepts: bool = False          # also flag prompts that would render the toy hazard sign
+    prompt_concepts: Callable[[str], str | None] | None = None
 
     def check_text(self, text: str) -> Verdict:
         return self.lexicon.check(text) if self.lexicon is not None else Verdict("input-text", False, "pre-check off")
@@ -307,8 +231,25 @@ class Safety:
         return self.video.check(path) if self.video is not None else Verdict("input-video", False, "check off")
 
     def check_prompt(self, prompt: str) -> Verdict:
-        if self.toy_concepts and parse_caption(prompt).hazard:
-            return Verdict("output-prompt", True, "the prompt asks for the toy hazard sign")
+        reason = self.prompt_concepts(prompt) if self.prompt_concepts is not None else None
+        if reason:
+            return Verdict("output-prompt", True, reason)
         if self.prompt_lexicon is not None:
             return self.prompt_lexicon.check(prompt, stage="output-prompt")
         return Verdict("output-prompt", False)
+
+
+# --- the model's own refusals ----------------------------------------------------------------------------
+
+REFUSAL_PHRASES = ("i'm sorry, but", "i am sorry, but", "i can't help", "i cannot help", "i can't assist",
+                   "i cannot assist", "i can't provide", "i cannot provide", "i can't show", "i cannot show",
+                   "i can't create", "i cannot create", "i'm not able to", "i am not able to", "i'm unable to",
+                   "i am unable to", "i won't be able to", "i must decline", "as an ai language model")
+
+
+def is_refusal(text: str, phrases=REFUSAL_PHRASES) -> bool:
+    """Whether a reply reads as a refusal: it holds one of the phrases instruction-tuned LLaMAs refuse
+    with ("I'm sorry, but I can't help with that."). The default detector of the assistant; a model
+    trained on other refusals brings its own (the toy world's: `nanog4v.toy.datasets.is_refusal`)."""
+    text = text.lower().replace("\u2019", "'")
+    return any(p in text for p in phrases)

@@ -8,20 +8,21 @@ swapped without retraining (the "gallery"). Here every generator has one small i
     fps: float                                     (how fast the frames are meant to be played)
 
 and `save(generator, prompt, path, ...)` writes the result as an H.264 mp4 with `video.write_video`
-(atomic: a failure leaves no half-written file). Two kinds, picked by `load_generator(kind, path)`:
+(atomic: a failure leaves no half-written file). A generator is picked by name from a *gallery*,
+`load_generator(kind, path, gallery=...)`: a dict from names to loaders `(path, device, **options) ->
+generator`. `GALLERY` holds the one this module provides; the toy world adds its own renderer
+(`nanog4v.toy.generator.GALLERY`), and any other model plugs in the same way:
 
 - **`zeroscope`**: a diffusers text-to-video pipeline loaded from a *local* directory in the
   `cerspense/zeroscope_v2_576w` layout (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-  `tokenizer/`, `scheduler/`; REFERENCE.md §5). `DiffusionPipeline.from_pretrained` picks the
+  `tokenizer/`, `scheduler/`; docs/formats.md). `DiffusionPipeline.from_pretrained` picks the
   pipeline class named in `model_index.json`, so any other diffusers text-to-video pipeline directory
   works through the same entry. Defaults are ZeroScope's: 576×320, 24 frames, 40 steps, guidance 9,
   8 fps. fp16 on CUDA, fp32 elsewhere (half-precision convolutions on a CPU are slow or missing);
   `cpu_offload` (weights wait in RAM, each sub-model visits the GPU in turn) and `vae_slicing`
   (decode frame by frame) trade speed for GPU memory. The pipeline's frames are normalised by
   `frames_to_uint8`, which accepts every shape diffusers has returned over the versions.
-- **`toy`**: the toy world's renderer driven by `toyworld.parse_caption` (the nano preset's
-  generator): the prompt is parsed into a scene, unsaid fields are filled in (at random with a seed,
-  else with defaults), and the scene is rendered at 64×64, 8 frames, 8 fps.
+- **`toy`** (in `nanog4v.toy.generator`): the toy world's renderer, the nano preset's generator.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .toyworld import toy_generate
 from .video import write_video
 
 
@@ -44,7 +44,7 @@ class T2VError(Exception):
 def frames_to_uint8(frames) -> np.ndarray:
     """Whatever a diffusers video pipeline returned → uint8 (T, H, W, 3).
 
-    Accepted (REFERENCE.md §5): a pipeline output with `.frames`; a float array in [0, 1] of shape
+    Accepted (docs/formats.md): a pipeline output with `.frames`; a float array in [0, 1] of shape
     (B, T, H, W, 3) (≥ 0.25, `output_type="np"`; the first video of the batch is taken) or (T, H, W, 3);
     a torch tensor with channels first (B, T, 3, H, W) or last; a list of uint8 (H, W, 3) arrays (≤ 0.24,
     no batch axis); a list of PIL images, or a list of such lists (`output_type="pil"`).
@@ -79,17 +79,6 @@ def _numpy(x) -> np.ndarray:
 
 
 # --- the generators ----------------------------------------------------------------------------------
-
-class ToyGenerator:
-    """The toy world's renderer as a text-to-video model (parse the prompt, complete the scene, render)."""
-    name = "toy"
-
-    def __init__(self, size: int = 64, fps: float = 8.0, default_frames: int = 8):
-        self.size, self.fps, self.default_frames = size, fps, default_frames
-
-    def generate(self, prompt: str, num_frames: int | None = None, seed: int | None = None) -> np.ndarray:
-        return toy_generate(prompt, num_frames or self.default_frames, self.size, seed)   # (T, S, S, 3)
-
 
 class DiffusersGenerator:
     """A diffusers text-to-video pipeline from a local directory (ZeroScope by default; see the docstring)."""
@@ -166,18 +155,21 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-GALLERY = {"toy": ToyGenerator, "zeroscope": DiffusersGenerator}
+def load_diffusers(path: str | Path | None, device: str = "cpu", **options) -> DiffusersGenerator:
+    if path is None:
+        raise T2VError("--t2v-path: the zeroscope generator needs a local pipeline directory")
+    return DiffusersGenerator(path, device, **options)
 
 
-def load_generator(kind: str, path: str | Path | None = None, device: str = "cpu", **options):
-    """A generator of the gallery: "toy" (no weights) or "zeroscope" (a diffusers pipeline directory)."""
-    if kind == "toy":
-        return ToyGenerator(**options)
-    if kind == "zeroscope":
-        if path is None:
-            raise T2VError("--t2v-path: the zeroscope generator needs a local pipeline directory")
-        return DiffusersGenerator(path, device, **options)
-    raise T2VError(f"--t2v {kind}: unknown generator; choose one of {sorted(GALLERY)}")
+GALLERY = {"zeroscope": load_diffusers}      # name -> loader (path, device, **options) -> generator
+
+
+def load_generator(kind: str, path: str | Path | None = None, device: str = "cpu", *, gallery: dict = GALLERY,
+                   **options):
+    """The generator called `kind` in `gallery` (default: this module's, "zeroscope"), loaded from `path`."""
+    if kind not in gallery:
+        raise T2VError(f"--t2v {kind}: unknown generator; choose one of {sorted(gallery)}")
+    return gallery[kind](path, device, **options)
 
 
 def save(generator, prompt: str, path: str | Path, num_frames: int | None = None,

@@ -24,8 +24,6 @@
 - **Distributed** (`init_distributed`, torchrun): DDP over NCCL (GPUs) or gloo (CPU). Each rank seeds its
   RNG with seed + rank, so LoRA dropout differs per rank; with dropout 0 K processes follow the
   one-process loss trajectory up to float summation order (tests/test_train.py).
-- **Evaluation** (`reply_accuracy`): greedy replies to every AI turn of a validation split, scored by
-  exact match; the end-of-stage check of `train.py`, reusable by `nanog4v.eval`.
 """
 from __future__ import annotations
 
@@ -45,55 +43,12 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from .data import SkipCounter, collate
-from .readers import read_dialogues, read_jsonl, read_safety, read_videochat
+from .data import collate
+from .safetensors_io import state_problems
 
 
 class TrainError(RuntimeError):
     """A run that cannot start or go on; the message starts with the file it is about."""
-
-
-# --- data files ------------------------------------------------------------------------------------
-
-def sniff_format(path: Path) -> str:
-    """Which reader a data file needs, from its first record: "videochat" ({"video", "QA"}), "jsonl"
-    (a "video" and "conversations"), "safety" (a "label") or "dialogues" (text-only conversations)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            start = text.index("[") + 1
-            start += len(text[start:]) - len(text[start:].lstrip())           # skip the space after "["
-            first, _ = json.JSONDecoder().raw_decode(text, start)
-        else:
-            first = json.loads(next(line for line in text.split("\n") if line.strip()))
-    except (OSError, UnicodeDecodeError, ValueError, StopIteration) as e:
-        raise TrainError(f"{path}: cannot read its first record ({type(e).__name__}: {e})") from None
-    if not isinstance(first, dict):
-        raise TrainError(f"{path}: the first record is not a JSON object")
-    if "QA" in first:
-        return "videochat"
-    if first.get("video") is not None:
-        return "jsonl"
-    return "safety" if "label" in first else "dialogues"
-
-
-def read_records(paths, video_root=None, strict: bool = False, log=print) -> list[dict]:
-    """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`."""
-    records = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise TrainError(f"{path}: no such data file")
-        kind, skips = sniff_format(path), SkipCounter()
-        if kind == "videochat":
-            found = read_videochat(path, video_root=video_root, strict=strict, skips=skips)
-        elif kind == "jsonl":
-            found = read_jsonl(path, video_root=video_root, strict=strict, skips=skips)
-        else:
-            found = (read_safety if kind == "safety" else read_dialogues)(path, strict=strict, skips=skips)
-        found = list(found)
-        log(f"{path}: {len(found)} records in {kind} format ({skips})")
-        records += found
-    return records
 
 
 # --- optimiser and schedule ------------------------------------------------------------------------
@@ -301,8 +256,9 @@ def restore(ckpt: Path, model, optimizer, plan: BatchPlan, signature: dict, worl
         if state["signature"].get(key) != value:
             raise TrainError(f"{ckpt}: written with {key}={state['signature'].get(key)!r}, now {value!r}; "
                              "resume with the settings of the run")
-    if set(state["trainable"]) != set(model.trainable_state_dict()):
-        raise TrainError(f"{ckpt}: its tensors do not match this model's trainable parts")
+    problems = state_problems(state["trainable"], model.trainable_state_dict())
+    if problems:
+        raise TrainError(f"{ckpt}: its tensors do not match this model's trainable parts: " + "; ".join(problems))
     if (state["epoch"], state["index"]) != plan.position(state["step"]):
         raise TrainError(f"{ckpt}: data position {state['epoch']}/{state['index']} does not match the data")
     model.load_state_dict(state["trainable"], strict=False)
@@ -415,3 +371,24 @@ def fit(model, dataset, pad_id: int, cfg: LoopConfig, world: Dist = Dist(), resu
             save_state(ckpt, step, model, optimizer, plan, schedule, cfg.signature, world)
     bar.close()
     return {"step": step, "total_steps": total, "loss": loss}
+
+
+def plot_losses(curves: dict[str, list[float]], png: Path, *, log_scale: bool = False) -> Path | None:
+    """One panel per curve — the loss at every optimiser step (faint) and its moving average over a
+    20th of the steps — written to `png`; None when there is nothing to draw."""
+    curves = {title: losses for title, losses in curves.items() if losses}
+    if not curves:
+        return None
+    from matplotlib.figure import Figure  # not pyplot: no GUI backend, and a notebook's stays as it is
+    fig = Figure(figsize=(3.5 * len(curves) + 2.5 * (len(curves) == 1), 3.3), dpi=100)
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (title, losses) in zip(axes, curves.items()):
+        k = max(1, len(losses) // 20)
+        ax.plot(range(1, len(losses) + 1), losses, color="tab:blue", alpha=0.3, lw=1)
+        ax.plot(range(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, mode="valid"), color="tab:blue", lw=2)
+        ax.set(title=title, xlabel="optimiser step", yscale="log" if log_scale else "linear")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(png)
+    return png

@@ -110,7 +110,7 @@ class VisionTransformer(nn.Module):
     With `cfg.post_layernorm_all_tokens` off, the output is Hugging Face's `last_hidden_state`: the
     final LayerNorm `ln_post` is *not* applied (HF applies it only to the pooled [CLS] token, for the
     contrastive head). With it on, `ln_post` is applied to every token, as mPLUG-Owl's ViT in the
-    official GPT4Video code does before the abstractor (REFERENCE.md §4).
+    official GPT4Video code does before the abstractor.
     """
 
     def __init__(self, cfg: VisionConfig):
@@ -134,16 +134,11 @@ class VisionTransformer(nn.Module):
         With `return_attention_layer=k`, also returns block k's attention weights (N, H, 1+P, 1+P),
         computed explicitly (the default path uses fused `F.scaled_dot_product_attention`).
         """
-        cfg = self.cfg
-        n = len(self.blocks)
-        if return_attention_layer is not None:
-            if not -n <= return_attention_layer < n:
-                raise ValueError(f"return_attention_layer={return_attention_layer}: the model has "
-                                 f"layers 0..{n - 1}")
-            return_attention_layer %= n
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"VisionTransformer: expected pixels (N, {cfg.in_channels}, {cfg.image_size}, "
-                             f"{cfg.image_size}), got {tuple(pixels.shape)}")
+        C, S = self.cfg.in_channels, self.cfg.image_size
+        if pixels.shape[1:] != (C, S, S):
+            raise ValueError(f"vision.py: expected pixels (N, {C}, {S}, {S}), got {tuple(pixels.shape)}")
+        k = return_attention_layer
+        probed = None if k is None else self.blocks[k]                 # negative k counts from the end
         pixels = pixels.to(self.patch_embed.weight.dtype)
         x = self.patch_embed(pixels)                                   # (N, D, S/p, S/p)
         x = rearrange(x, "n d gh gw -> n (gh gw) d")                   # (N, P, D), row-major patches
@@ -151,14 +146,14 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.pos_embed                # (N, 1+P, D)
         x = self.ln_pre(x)
         weights = None
-        for i, block in enumerate(self.blocks):
-            if i == return_attention_layer:
+        for block in self.blocks:
+            if block is probed:
                 x, weights = block(x, return_weights=True)             # weights (N, H, 1+P, 1+P)
             else:
                 x = block(x)
-        if cfg.post_layernorm_all_tokens:
+        if self.cfg.post_layernorm_all_tokens:
             x = self.ln_post(x)
-        return x if return_attention_layer is None else (x, weights)
+        return x if k is None else (x, weights)
 
 
 def preprocess(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nanog4v import ablations
+from nanog4v.eval import ablations
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from nanog4v.abstractor import VideoAbstractor
+from nanog4v.abstractor import OfficialAbstractor, VideoAbstractor, build_abstractor
 from nanog4v.config import preset
 
 CFG = preset("test")
@@ -16,7 +16,7 @@ N, L, H = CFG.abstractor.num_queries, CFG.abstractor.n_layers, CFG.abstractor.n_
 
 def make(variant="paper", vision_dim=CFG.vision.dim):
     cfg = dataclasses.replace(CFG.abstractor, variant=variant)
-    model = VideoAbstractor(cfg, vision_dim, LLM_DIM, T).eval()
+    model = build_abstractor(cfg, vision_dim, LLM_DIM, T).eval()
     with torch.no_grad():  # move every norm, query and embedding away from its init so that each one matters
         for name, p in model.named_parameters():
             if "norm" in name or "ffn_ln" in name:
@@ -156,14 +156,14 @@ def test_attention_maps():
 
 def test_bad_input_is_one_clear_error():
     model = make()
-    with pytest.raises(ValueError, match=r"abstractor\.py: .*built for num_frames=2"):
+    with pytest.raises(ValueError, match=r"abstractor\.py: expected frame features \(B, T=2,"):
         model(torch.randn(1, T + 1, TOKENS, CFG.vision.dim))
     with pytest.raises(ValueError, match=r"abstractor\.py: expected frame features"):
         model(torch.randn(1, T, TOKENS, CFG.vision.dim + 1))
     with pytest.raises(ValueError, match=r"abstractor\.py: expected frame features"):
         model(torch.randn(T, TOKENS, CFG.vision.dim))
     with pytest.raises(ValueError, match=r"abstractor\.py: variant"):
-        VideoAbstractor(dataclasses.replace(CFG.abstractor, variant="joint"), 48, LLM_DIM, T)
+        build_abstractor(dataclasses.replace(CFG.abstractor, variant="joint"), 48, LLM_DIM, T)
 
 
 @pytest.mark.parametrize("kept", ["spatial", "temporal"])
@@ -188,5 +188,18 @@ def test_one_stream_ablation_uses_that_stream_alone_in_eq4(kept):
 def test_stream_ablation_is_checked():
     for variant, streams in [("paper", "neither"), ("official", "spatial")]:
         with pytest.raises(ValueError, match="streams must be"):
-            VideoAbstractor(dataclasses.replace(CFG.abstractor, variant=variant, streams=streams),
-                            CFG.vision.dim, LLM_DIM, T)
+            build_abstractor(dataclasses.replace(CFG.abstractor, variant=variant, streams=streams),
+                             CFG.vision.dim, LLM_DIM, T)
+
+
+def test_build_abstractor_picks_the_class_and_num_output_tokens_has_one_home():
+    """`cfg.variant` picks the class; the modules' `num_output_tokens` is the config's (N, or N + 1)."""
+    paper, official = make("paper"), make("official")
+    assert type(paper) is VideoAbstractor and type(official) is OfficialAbstractor
+    assert paper.num_output_tokens == paper.cfg.num_output_tokens == N
+    assert official.num_output_tokens == official.cfg.num_output_tokens == N + 1
+    with pytest.raises(ValueError, match="streams must be"):          # each class takes only its variant
+        VideoAbstractor(official.cfg, CFG.vision.dim, LLM_DIM, T)
+    top = lambda m: {k.split(".")[0] for k in m.state_dict()}      # the state-dict names checkpoints hold
+    assert top(paper) == {"spatial", "temporal", "temporal_embed", "proj"}
+    assert top(official) == {"joint", "proj", "temporal_proj", "eos"}

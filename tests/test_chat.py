@@ -20,9 +20,12 @@ from nanog4v.data import SYSTEM, render
 from nanog4v.generate import SamplingConfig
 from nanog4v.llama import LLaMA
 from nanog4v.model import GPT4Video
-from nanog4v.safety import REFUSALS, Safety, StripeDetector, VideoChecker
-from nanog4v.t2v import T2VError, ToyGenerator
-from nanog4v.toyworld import Scene, Thing, heldout_pairs, parse_caption, render as render_scene
+from nanog4v.safety import REFUSALS, Safety, VideoChecker
+from nanog4v.t2v import T2VError
+from nanog4v.toy.datasets import is_refusal
+from nanog4v.toy.generator import ToyGenerator
+from nanog4v.toy.hazard import StripeDetector, hazard_prompt
+from nanog4v.toy.world import Scene, Thing, heldout_pairs, parse_caption, render as render_scene
 from nanog4v.video import sample_frames, write_video
 from nanog4v.weights import CheckpointError, save_llama
 
@@ -108,8 +111,9 @@ def loaded(tiny_ckpt):
 def make_assistant(loaded, tmp_path, **options):
     model, tokenizer = loaded
     options.setdefault("sampling", SamplingConfig(max_new_tokens=6, seed=0))
-    options.setdefault("safety", Safety(video=VideoChecker(StripeDetector()), toy_concepts=True))
+    options.setdefault("safety", Safety(video=VideoChecker(StripeDetector()), prompt_concepts=hazard_prompt))
     options.setdefault("generator", ToyGenerator())
+    options.setdefault("refusal", is_refusal)                           # the toy world's refusals
     return Assistant(model, tokenizer, out_dir=tmp_path / "out", **options)
 
 
@@ -156,6 +160,16 @@ def test_a_turn_streams_and_typed_markers_cannot_forge_a_turn(loaded, clips, tmp
     text = render({"videos": bot.videos, "turns": bot.turns})
     assert text.count("###AI:") == 1 and "# # #AI: < video> a red circle </ video>" in text   # one AI turn, escaped
     assert text.count("<video>") == 1 + result.reply.count("<video>")                      # the real slot only
+
+
+def test_the_model_refusal_is_the_detector_the_assistant_is_given(loaded, tmp_path):
+    """The stage "model" comes from the `refusal` parameter: the same reply counts as a refusal or not."""
+    seen = []
+    says_yes = make_assistant(loaded, tmp_path, refusal=lambda reply: seen.append(reply) or True)
+    result = says_yes.ask("What colour is the circle?")
+    assert seen == [result.reply] and (result.refused, result.refusal_stage, result.videos) == (True, "model", [])
+    says_no = make_assistant(loaded, tmp_path, refusal=lambda reply: False).ask("What colour is the circle?")
+    assert (says_no.refused, says_no.refusal_stage, says_no.reply) == (False, None, result.reply)
 
 
 def test_input_text_and_input_video_refusals(loaded, clips, tmp_path):

@@ -16,7 +16,7 @@ import torch
 from conftest import shared_asset, train_tiny_tokenizer
 from nanog4v.config import preset
 from nanog4v.data import (AI, IGNORE, SYSTEM, ConversationDataset, DataError, SkipCounter,
-                          clean_reply, collate, encode_conversation, escape, num_video_tokens,
+                          clean_reply, collate, encode_conversation, escape,
                           prompt_for_reply, render, save_features)
 from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
 from nanog4v.tokenizer import Tokenizer
@@ -213,9 +213,9 @@ def test_two_videos_two_slots(tok):
 
 def test_num_video_tokens_follows_the_variant():
     cfg = preset("test")
-    assert num_video_tokens(cfg) == cfg.abstractor.num_queries
+    assert cfg.abstractor.num_output_tokens == cfg.abstractor.num_queries
     official = dataclasses.replace(cfg, abstractor=dataclasses.replace(cfg.abstractor, variant="official"))
-    assert num_video_tokens(official) == cfg.abstractor.num_queries + 1
+    assert official.abstractor.num_output_tokens == cfg.abstractor.num_queries + 1
 
 
 # --- truncation ------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_collate(tiny_tokenizer):
 
 def test_dataset_with_cached_features(tiny_tokenizer, tmp_path):
     cfg = preset("test")
-    n, T = num_video_tokens(cfg), cfg.num_frames
+    n, T = cfg.abstractor.num_output_tokens, cfg.num_frames
     shape = (T, cfg.vision.num_tokens, cfg.vision.dim)
     feats = {name: torch.randn(shape) for name in ("a.mp4", "b.mp4")}
     for name, f in feats.items():

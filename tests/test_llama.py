@@ -6,14 +6,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from nanog4v import weights
+from nanog4v import safetensors_io
 from nanog4v.config import LlamaConfig
-from nanog4v.llama import LLaMA, apply_rope, linear, rope_cos_sin
+from nanog4v import cpu_linear
+from nanog4v.cpu_linear import linear
+from nanog4v.llama import LLaMA, apply_rope, rope_cos_sin
 from nanog4v.weights import CheckpointError, load_llama, save_llama
 
 transformers = pytest.importorskip("transformers")
 
-TOL = 1e-4  # fp32 max |logits difference| (DESIGN.md §7)
+TOL = 1e-4  # fp32 max |logits difference| (the project's parity target)
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             vocab_size=128, max_position_embeddings=128, rms_norm_eps=1e-6)
 CASES = {  # name: HF config fields beyond TINY
@@ -38,7 +40,7 @@ def make_hf(tmp_path, case: str):
     _randomize_norms(model)
     path = tmp_path / f"hf-{case}"
     model.save_pretrained(path, max_shard_size="200KB")
-    assert (path / weights.INDEX_NAME).is_file(), "the fixture should be sharded"
+    assert (path / safetensors_io.INDEX_NAME).is_file(), "the fixture should be sharded"
     return model, path
 
 
@@ -125,7 +127,7 @@ def test_save_llama_round_trip_through_transformers(tmp_path, tied):
     # a LoRA-like extra parameter must not be written (save_llama skips names containing "lora_")
     ours.layers[0].self_attn.q_proj.register_parameter("lora_A", torch.nn.Parameter(torch.zeros(2, 64)))
     path = save_llama(ours, tmp_path / "ours", max_shard_size="100KB")
-    index = json.loads((path / weights.INDEX_NAME).read_text())
+    index = json.loads((path / safetensors_io.INDEX_NAME).read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     assert not any("lora_" in k for k in index["weight_map"])
@@ -147,7 +149,7 @@ def test_save_llama_round_trip_through_transformers(tmp_path, tied):
 def test_save_llama_bf16_single_file(tmp_path):
     ours = tiny_llama().to(torch.bfloat16)
     path = save_llama(ours, tmp_path / "bf16")
-    assert (path / "model.safetensors").is_file() and not (path / weights.INDEX_NAME).exists()
+    assert (path / "model.safetensors").is_file() and not (path / safetensors_io.INDEX_NAME).exists()
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["dtype"] == cfg["torch_dtype"] == "bfloat16" and cfg["architectures"] == ["LlamaForCausalLM"]
     again = load_llama(path, dtype=torch.bfloat16)
@@ -164,8 +166,8 @@ def test_save_llama_failure_leaves_the_old_checkpoint(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise OSError("No space left on device")
         real_write(file, specs, tensor_of)
-    real_write = weights._write_safetensors
-    monkeypatch.setattr(weights, "_write_safetensors", failing_write)
+    real_write = safetensors_io._write_safetensors
+    monkeypatch.setattr(safetensors_io, "_write_safetensors", failing_write)
     with pytest.raises(OSError):
         save_llama(tiny_llama(), path, max_shard_size="100KB")
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before   # untouched, no temp left
@@ -191,7 +193,7 @@ def test_kv_cache_decoding_equals_full_forward():
 
 
 def test_bf16_decoding_matches_fp32_and_restores_onednn():
-    """bf16 batch-1 decode runs its one-row matmuls outside oneDNN (llama.linear), then restores it."""
+    """bf16 batch-1 decode runs its one-row matmuls outside oneDNN (cpu_linear.linear), then restores it."""
     model, T = tiny_llama(dim=256, n_heads=4, n_kv_heads=4, hidden_dim=512), 6
     ids = torch.randint(0, 128, (1, T))
     with torch.no_grad():
@@ -281,7 +283,7 @@ def test_rope_scores_depend_only_on_relative_position():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_one_row_linear_equals_f_linear(dtype):
-    """llama.linear: the batch-1 decoding kernels give F.linear's values; with autograd it is F.linear."""
+    """cpu_linear.linear: the batch-1 decoding kernels give F.linear's values; with autograd it is F.linear."""
     torch.manual_seed(0)
     w, b = torch.randn(6000, 96, dtype=dtype), torch.randn(6000, dtype=dtype)  # ≥ ONEDNN_MIN_WEIGHT
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -294,3 +296,20 @@ def test_one_row_linear_equals_f_linear(dtype):
     x = torch.randn(1, 96, requires_grad=True)                   # training: a differentiable F.linear
     linear(x, w.float(), b.float()).sum().backward()
     assert torch.allclose(x.grad, w.float().sum(0), atol=1e-3) and torch.backends.mkldnn.enabled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plain_linear_switch_is_f_linear_bit_for_bit(dtype, monkeypatch):
+    """cpu_linear.ENABLED = False: `linear` is F.linear itself, bit for bit, and never calls the oneDNN op."""
+    w = torch.randn(6000, 96, dtype=dtype)                      # ≥ ONEDNN_MIN_WEIGHT: oneDNN's path if on
+    x, b = torch.randn(1, 96, dtype=dtype), torch.randn(6000, dtype=dtype)
+    calls = []
+    onednn_op = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a) or onednn_op(*a))
+    with torch.no_grad():
+        linear(x, w, b)                                         # the spy sees the fast path when it is on
+        assert bool(calls) == (dtype == torch.float32 and cpu_linear.ONEDNN_LINEAR)
+        calls.clear()
+        monkeypatch.setattr(cpu_linear, "ENABLED", False)
+        got = linear(x, w, b)
+    assert not calls and torch.equal(got, F.linear(x, w, b))

@@ -247,7 +247,7 @@ def test_errors(hf_dir, tmp_path):
         load_lora(other, tmp_path / "r4")
     # different targets: missing and unexpected keys, listed in one message
     other = add_lora(load_llama(hf_dir), ("q_proj", "k_proj"), r=R, alpha=ALPHA, dropout=0.0)
-    with pytest.raises(CheckpointError, match=r"missing: layers.0.self_attn.k_proj.lora_A.*"
+    with pytest.raises(CheckpointError, match=r"missing: base_model.model.model.layers.0.self_attn.k_proj.lora_A.*"
                                               r"unexpected: base_model.model.model.layers.0.self_attn.v_proj"):
         load_lora(other, tmp_path / "r4")
     with pytest.raises(CheckpointError, match="merged"):

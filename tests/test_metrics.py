@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from nanog4v.metrics import (align, binary_scores, bleu, bleu4, count_chunks, exact_match, meteor,
+from nanog4v.eval.metrics import (align, binary_scores, bleu, bleu4, count_chunks, exact_match, meteor,
                              meteor_sentence, ngram_precision, rubric_score, token_f1, tokenize)
 
 

@@ -4,8 +4,8 @@ import torch
 import transformers
 
 from nanog4v.config import preset
-from nanog4v.data import collate, encode_conversation
-from nanog4v.model import IGNORE, GPT4Video, lm_loss, splice_video
+from nanog4v.data import IGNORE, collate, encode_conversation
+from nanog4v.model import GPT4Video, lm_loss, splice_video
 from nanog4v.weights import CheckpointError, save_llama
 
 CFG = preset("test")

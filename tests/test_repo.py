@@ -1,4 +1,6 @@
-"""The repository keeps its promises: README commands, CI script and paper→code map stay true."""
+"""The repository keeps its promises: README commands, CI script and paper→code map stay true; the paper
+wing never imports the toy wing, and the package has no import cycle."""
+import ast
 import importlib
 import re
 
@@ -43,8 +45,8 @@ def test_paper_to_code_map_points_at_real_functions():
     for row in rows:
         module = None
         for span in re.findall(r"`([^`]+)`", row):       # `nanog4v/x.py:name`, then `name`, `name` ...
-            if m := re.fullmatch(r"nanog4v/(\w+)\.py:([\w.]+)", span):
-                module, name = importlib.import_module(f"nanog4v.{m[1]}"), m[2]
+            if m := re.fullmatch(r"nanog4v/([\w/]+)\.py:([\w.]+)", span):
+                module, name = importlib.import_module("nanog4v." + m[1].replace("/", ".")), m[2]
             elif module is not None and re.fullmatch(r"[\w.]+", span):
                 name = span
             else:
@@ -72,3 +74,77 @@ def test_main_job_runs_on_the_shipped_checkpoint(tmp_path):
     assert "<video>" in replies[2] and len(list(tmp_path.glob("*.mp4"))) == 1
     assert replies[3] == "gpt4video> I'm sorry, but I can't help with that request."
     assert "safety[input-text]: flagged" in run.stderr
+
+
+# --- the import graph ------------------------------------------------------------------------------------
+
+def import_graph(package=ROOT / "nanog4v") -> dict[str, set[str]]:
+    """{module: the package's modules it imports}, read from the source (imports inside functions count
+    too). `from . import x` and `from .x import y` resolve against the importing module's package."""
+    graph = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = parts[:-1]                                             # the package a relative import starts in
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + (node.module.split(".") if node.module else []))
+                found.add(target)
+                found |= {f"{target}.{a.name}" for a in node.names}   # `from pkg import module`
+        graph[name] = set()
+        for target in found:
+            while target and target.split(".")[0] == "nanog4v":
+                if (ROOT / target.replace(".", "/")).with_suffix(".py").is_file() or (ROOT / target.replace(".", "/")).is_dir():
+                    graph[name].add(target)
+                    break
+                target = target.rpartition(".")[0]                   # `from .x import name`: the module is x
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_import_graph_is_read_right():
+    graph = import_graph()
+    assert "nanog4v.toy.world" in graph["nanog4v.toy.datasets"]          # from .world import ...
+    assert "nanog4v.data" in graph["nanog4v.toy.datasets"]               # from ..data import SYSTEM
+    assert "nanog4v.t2v" in graph["nanog4v.toy.generator"]               # from .. import t2v
+    assert "nanog4v.model" in graph["nanog4v.assistant"] and "nanog4v.toy" not in graph["nanog4v.assistant"]
+    assert len(graph) >= 35
+
+
+def test_the_paper_wing_never_imports_the_toy_wing_or_the_evaluation():
+    """nanog4v/*.py is the paper's model: the toy world and the evaluation plug into it from outside
+    (chat.py, train.py, nanog4v.eval), never the other way round — not even through another module."""
+    graph = import_graph()
+    paper = [f"nanog4v.{p.stem}" for p in (ROOT / "nanog4v").glob("*.py") if p.stem != "__init__"]
+    assert {"nanog4v.model", "nanog4v.safety", "nanog4v.t2v", "nanog4v.assistant"} <= set(paper)
+    leaks = {m: sorted(t for t in reachable(graph, m) if t.startswith(("nanog4v.toy", "nanog4v.eval")))
+             for m in paper}
+    assert not {m: t for m, t in leaks.items() if t}
+
+
+def test_there_is_no_import_cycle():
+    graph = import_graph()
+    cycles = [m for m in graph if m in reachable(graph, m)]
+    assert not cycles, cycles
+
+
+def test_paths_the_package_finds_from_its_own_location_are_the_repositorys():
+    """Modules that moved into nanog4v/toy/ and nanog4v/eval/ still find train.py and weights/nano."""
+    from nanog4v.eval import ablations, tables
+    from nanog4v.toy import recipe
+    assert recipe.TRAIN_PY == ROOT / "train.py" and recipe.TRAIN_PY.is_file()
+    assert tables.DEFAULT_CKPT == ROOT / "weights" / "nano" and (tables.DEFAULT_CKPT / "stage2").is_dir()
+    assert ablations.ROOT == ROOT

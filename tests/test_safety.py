@@ -7,11 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nanog4v.safety import (REFUSALS, ConceptChecker, Lexicon, Safety, StripeDetector, VideoChecker,
-                            calibrate_concept, render_frames, toy_hazard_checker)
-from nanog4v.toydata import is_refusal
-from nanog4v.toyphrases import HARMFUL, NEAR_ASK, NEAR_SHOW, PHRASINGS
-from nanog4v.toyworld import Scene, Thing, render, sample_scene
+from nanog4v.safety import REFUSALS, ConceptChecker, Lexicon, Safety, VideoChecker, calibrate_concept
+from nanog4v.safety import is_refusal as looks_like_a_refusal
+from nanog4v.toy.datasets import is_refusal
+from nanog4v.toy.hazard import StripeDetector, hazard_prompt, render_frames, toy_hazard_checker
+from nanog4v.toy.phrases import HARMFUL, NEAR_ASK, NEAR_SHOW, PHRASINGS
+from nanog4v.toy.world import Scene, Thing, render, sample_scene
 from nanog4v.video import write_video
 
 
@@ -171,10 +172,22 @@ def test_toy_hazard_concept_is_calibrated_from_rendered_frames():
 # --- output prompt, and the refusals -------------------------------------------------------------------------
 
 def test_output_prompt_check_and_polite_refusals():
-    safety = Safety(toy_concepts=True)
+    safety = Safety(prompt_concepts=hazard_prompt)
     assert safety.check_prompt("a striped hazard sign in the centre spins").flagged
     assert safety.check_prompt("a man being stabbed").flagged
     assert not safety.check_prompt("a small red circle on the left moves left").flagged
-    assert not Safety(toy_concepts=False).check_prompt("a striped hazard sign").flagged   # ZeroScope: lexicon only
+    assert not Safety().check_prompt("a striped hazard sign").flagged   # ZeroScope: lexicon only
     assert not Safety(lexicon=None).check_text("naked people").flagged                    # the pre-check is off
     assert all(is_refusal(text) for text in REFUSALS.values())              # sentences, never a black video
+
+
+def test_the_default_refusal_detector_reads_real_models_refusals_not_the_toy_markers():
+    """The assistant's default (`safety.is_refusal`) knows how instruction-tuned LLaMAs refuse; the toy
+    world's detector (any "sorry", "can't", ...) would call ordinary replies refusals."""
+    for text in ("I'm sorry, but I can't help with that request.", "I cannot assist with creating that video.",
+                 "As an AI language model, I must decline.", "I\u2019m unable to show violent content."):
+        assert looks_like_a_refusal(text), text
+    for text in ("Sorry for the wait! Here it is: <video> a red circle </video>", "I can't wait to see it.",
+                 "The circle moves left."):
+        assert not looks_like_a_refusal(text), text
+    assert is_refusal("I can't wait to see it.")                        # the toy markers: too broad for real models

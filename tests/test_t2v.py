@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nanog4v.t2v import (DiffusersGenerator, T2VError, ToyGenerator, check_pipeline_dir, frames_to_uint8,
-                         load_generator, save)
-from nanog4v.toyworld import complete, parse_caption, render
+from nanog4v.t2v import DiffusersGenerator, T2VError, check_pipeline_dir, frames_to_uint8, load_generator, save
+from nanog4v.toy.generator import GALLERY, ToyGenerator
+from nanog4v.toy.world import complete, parse_caption, render
 from nanog4v.video import sample_frames
 
 
@@ -45,7 +45,7 @@ def tiny_vae():
 
 @pytest.fixture(scope="module")
 def zeroscope_dir(tmp_path_factory):
-    """A TextToVideoSDPipeline (ZeroScope's class and layout) with tiny random parts (REFERENCE.md §5)."""
+    """A TextToVideoSDPipeline (ZeroScope's class and layout) with tiny random parts (docs/formats.md)."""
     from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
     tmp = tmp_path_factory.mktemp("zeroscope")
     torch.manual_seed(0)
@@ -178,3 +178,12 @@ def test_toy_generator_renders_what_the_prompt_says(tmp_path):
     assert all(b > a for a, b in zip(xs, xs[1:])) and xs[0] < 32                # starts left, moves right
     unsaid = gen.generate("a circle", 4, seed=None)          # defaults: large, white, on the left, on grey
     assert unsaid[0, 0, 0].tolist() == [115, 115, 115] and unsaid[0, 32, 13].tolist() == [245, 245, 245]
+
+
+def test_the_toy_renderer_plugs_into_the_gallery_from_the_toy_wing():
+    """The paper wing's gallery knows ZeroScope only; the toy wing's adds "toy" without touching it."""
+    with pytest.raises(T2VError, match=r"unknown generator; choose one of \['zeroscope'\]"):
+        load_generator("toy")
+    gen = load_generator("toy", None, "cpu", gallery=GALLERY, size=32)
+    assert isinstance(gen, ToyGenerator) and gen.generate("a red circle", 2, seed=0).shape == (2, 32, 32, 3)
+    assert GALLERY["zeroscope"] is load_generator.__kwdefaults__["gallery"]["zeroscope"]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_tokenizer
-from nanog4v import toydata, toyworld
+from nanog4v.toy import datasets, world as toy_world
 from nanog4v.config import preset
-from nanog4v.data import SkipCounter, encode_conversation, num_video_tokens
+from nanog4v.data import SkipCounter, encode_conversation
 from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
-from nanog4v.toydata import NUMBERS, describe, is_refusal, request_phrase, write_world
-from nanog4v.toyworld import (MOTIONS, Scene, Thing, caption, complete, heldout_pairs,
+from nanog4v.toy.datasets import NUMBERS, describe, is_refusal, request_phrase, write_world
+from nanog4v.toy.world import (MOTIONS, Scene, Thing, caption, complete, heldout_pairs,
                               parse_caption, render, sample_scene)
 from nanog4v.video import sample_frames
 
@@ -64,8 +64,8 @@ def test_render_motion_is_what_the_caption_says(motion):
     frames = render(scene, num_frames=8, size=64)
     assert frames.shape == (8, 64, 64, 3) and frames.dtype == np.uint8
     assert np.array_equal(frames, render(scene, num_frames=8, size=64))          # deterministic
-    (x0, y0, a0), (x1, y1, a1) = (centroid_and_area(f, toyworld.BACKGROUNDS["black"]) for f in frames[[0, -1]])
-    travel = toyworld.TRAVEL * 64 * 7 / 8                                         # first to last frame centre
+    (x0, y0, a0), (x1, y1, a1) = (centroid_and_area(f, toy_world.BACKGROUNDS["black"]) for f in frames[[0, -1]])
+    travel = toy_world.TRAVEL * 64 * 7 / 8                                         # first to last frame centre
     dx, dy = {"moves left": (-travel, 0), "moves right": (travel, 0), "moves up": (0, -travel),
               "moves down": (0, travel)}.get(motion, (0, 0))
     assert x1 - x0 == pytest.approx(dx, abs=0.6) and y1 - y0 == pytest.approx(dy, abs=0.6)
@@ -83,8 +83,8 @@ def test_render_partial_scene_uses_defaults_and_hazard_is_striped():
     frames = render(Scene((Thing("hazard"),)), num_frames=2, size=32)
     assert np.array_equal(frames, render(complete(Scene((Thing("hazard"),))), num_frames=2, size=32))
     colours = {tuple(c) for c in frames[0].reshape(-1, 3)}
-    assert toyworld.HAZARD_STRIPES[0] in colours and toyworld.HAZARD_STRIPES[1] in colours
-    assert tuple(frames[0, 0, 0]) == toyworld.BACKGROUNDS["grey"]
+    assert toy_world.HAZARD_STRIPES[0] in colours and toy_world.HAZARD_STRIPES[1] in colours
+    assert tuple(frames[0, 0, 0]) == toy_world.BACKGROUNDS["grey"]
 
 
 def test_decoded_clip_matches_rendered_frames(world):
@@ -99,11 +99,11 @@ def test_decoded_clip_matches_rendered_frames(world):
 
 def test_toy_generate_is_the_renderer_behind_the_parser():
     prompt = "<video> a small red star moving right on a navy background </video>"
-    frames = toyworld.toy_generate(prompt, num_frames=4, size=32)
+    frames = toy_world.toy_generate(prompt, num_frames=4, size=32)
     assert np.array_equal(frames, render(complete(parse_caption(prompt)), 4, 32))
-    a, b = (toyworld.toy_generate("a circle", 4, 32, seed=s) for s in (5, 5))
+    a, b = (toy_world.toy_generate("a circle", 4, 32, seed=s) for s in (5, 5))
     assert np.array_equal(a, b)
-    assert len({toyworld.toy_generate("a circle", 1, 32, seed=s).tobytes() for s in range(6)}) > 1   # seed fills
+    assert len({toy_world.toy_generate("a circle", 1, 32, seed=s).tobytes() for s in range(6)}) > 1   # seed fills
 
 
 # --- captions and the parser -------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def literal_fragments(template):
 
 
 def test_heldout_phrasings_never_in_train(world):
-    held = [f for train, heldout in toydata.PHRASINGS.values() for t in heldout for f in literal_fragments(t)]
-    held += [f for c in toydata.CHAT for t in c[1] for f in literal_fragments(t)]
+    held = [f for train, heldout in datasets.PHRASINGS.values() for t in heldout for f in literal_fragments(t)]
+    held += [f for c in datasets.CHAT for t in c[1] for f in literal_fragments(t)]
     assert len(held) > 20
     for text in train_texts(world):
         for fragment in held:
@@ -197,7 +197,7 @@ def test_every_reader_reads_everything_and_every_record_encodes(world, tmp_path)
                                vocab_size=600)
     readers = {"stage1": read_videochat, "stage2": read_dialogues, "safety": read_safety}
     total = 0
-    for name in sorted(toydata.LAYOUT):
+    for name in sorted(datasets.LAYOUT):
         stem = name.rsplit(".", 1)[0]
         reader = read_jsonl if stem.startswith("safety_video") else readers.get(stem.split("_")[0])
         if reader is None:
@@ -209,7 +209,7 @@ def test_every_reader_reads_everything_and_every_record_encodes(world, tmp_path)
         for record, row in zip(records, raw):
             if "label" in row:
                 assert record["label"] == row["label"]
-            enc = encode_conversation(tok, record, num_video_tokens=num_video_tokens(cfg))
+            enc = encode_conversation(tok, record, num_video_tokens=cfg.abstractor.num_output_tokens)
             assert len(enc["input_ids"]) <= cfg.stage2.max_seq_len, (name, len(enc["input_ids"]))
             assert len(enc["video_slots"]) == len(record["videos"])
         total += len(records)
@@ -259,13 +259,13 @@ def test_stage1_answers_agree_with_the_scene(world):
                     if ref.objects else [t for t in scene.objects if t.position == ref_position(qa["q"])]
                 assert len(match) == 1, qa
                 want = {"colour": match[0].colour, "shape": match[0].shape, "motion": match[0].motion,
-                        "position": toyworld.POSITION_PHRASES[match[0].position]}[qa["type"]]
+                        "position": toy_world.POSITION_PHRASES[match[0].position]}[qa["type"]]
                 assert qa["a"] == want, qa
     assert types >= {"description", "caption", "count", "colour", "shape", "motion", "position"}
 
 
 def ref_position(question):
-    return next(p for p, phrase in toyworld.POSITION_PHRASES.items() if phrase in question)
+    return next(p for p, phrase in toy_world.POSITION_PHRASES.items() if phrase in question)
 
 
 def test_stage2_videos_show_the_requested_scene(world):
@@ -288,16 +288,16 @@ def test_stage2_videos_show_the_requested_scene(world):
 
 def test_world_is_deterministic_and_cli_is_careful(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "again"
-    assert toyworld.main(["--out", str(out), "--n", str(N), "--seed", str(SEED), "--quiet"]) == 0
-    for name in toydata.LAYOUT:
+    assert datasets.main(["--out", str(out), "--n", str(N), "--seed", str(SEED), "--quiet"]) == 0
+    for name in datasets.LAYOUT:
         assert out.joinpath(name).read_bytes() == world.joinpath(name).read_bytes(), name
-    assert toyworld.main(["--out", str(out), "--n", "10", "--seed", "0", "--quiet"]) == 2
+    assert datasets.main(["--out", str(out), "--n", "10", "--seed", "0", "--quiet"]) == 2
     assert "error:" in capsys.readouterr().err and json.loads((out / "world.json").read_text())["n"] == N
-    assert toyworld.main(["--out", str(tmp_path / "small"), "--n", "5", "--quiet"]) == 2
+    assert datasets.main(["--out", str(tmp_path / "small"), "--n", "5", "--quiet"]) == 2
 
     def broken(path, frames, fps):                   # dies while rendering, after the old world is gone
         raise KeyboardInterrupt
-    monkeypatch.setattr(toydata, "write_video", broken)
+    monkeypatch.setattr(datasets, "write_video", broken)
     with pytest.raises(KeyboardInterrupt):
-        toyworld.main(["--out", str(out), "--n", "10", "--seed", "0", "--force", "--quiet"])
+        datasets.main(["--out", str(out), "--n", "10", "--seed", "0", "--force", "--quiet"])
     assert not (out / "world.json").exists() and not (out / "stage1_train.json").exists()

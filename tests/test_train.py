@@ -21,13 +21,14 @@ from safetensors.torch import load_file
 import nanog4v.config
 import nanog4v.model
 from conftest import ROOT
-from nanog4v.abstractor import VideoAbstractor
+from nanog4v.abstractor import build_abstractor
 from nanog4v.config import LoraConfig, preset
 from nanog4v.data import SYSTEM, ConversationDataset, collate
 from nanog4v.llama import LLaMA
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.inference import prompt_embeddings, reply_accuracy, video_tokens
-from nanog4v.trainer import BatchPlan, load_checkpoint, lr_at, make_optimizer, read_records, save_checkpoint
+from nanog4v.readers import read_records
+from nanog4v.trainer import BatchPlan, load_checkpoint, lr_at, make_optimizer, save_checkpoint
 from nanog4v.video import write_video
 from nanog4v.weights import load_llama, load_vision, save_llama
 
@@ -129,7 +130,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_a_tenth():
 
 
 def test_weight_decay_only_on_matrices():
-    abstractor = VideoAbstractor(CFG.abstractor, CFG.vision.dim, CFG.llama.dim, CFG.num_frames)
+    abstractor = build_abstractor(CFG.abstractor, CFG.vision.dim, CFG.llama.dim, CFG.num_frames)
     opt = make_optimizer(abstractor.named_parameters(), lr=1e-3, weight_decay=0.1)
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
@@ -171,7 +172,7 @@ def test_stage1_lowers_the_loss_and_trains_only_the_abstractor(world, stage1):
     assert same_tensors(model.vision.state_dict(), load_vision(world / "vit").state_dict())
     assert same_tensors(model.llm.state_dict(), load_llama(world / "llama").state_dict())
     torch.manual_seed(0)                                                     # train.py's init for --seed 0
-    fresh = VideoAbstractor(CFG.abstractor, CFG.vision.dim, CFG.llama.dim, CFG.num_frames).state_dict()
+    fresh = build_abstractor(CFG.abstractor, CFG.vision.dim, CFG.llama.dim, CFG.num_frames).state_dict()
     changed = [k for k, v in model.abstractor.state_dict().items() if not torch.equal(v, fresh[k])]
     assert changed == list(fresh), set(fresh) - set(changed)                  # every abstractor tensor moved
     for name in ("config.json", "gpt4video.safetensors", "last.pt", "loss.png", "summary.json"):

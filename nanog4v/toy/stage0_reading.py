@@ -22,7 +22,7 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
   chat.py's users ask (a model that never saw that order answered "Show me a red circle moving left."
   about a clip with "red").
 
-Measured in stage0.py's docstring. Only train phrasings and the paraphrases are used; the world's
+What it gained: weights/nano/README.md ("Experiments behind the recipe"). Only train phrasings and the paraphrases are used; the world's
 held-out phrasings and pairs never appear.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from __future__ import annotations
 import random
 import re
 
-from .data import _layout, _Part
-from .readers import videochat_turns
-from .toydata import leave_unsaid, refer, request_phrase, stage1_records, tag
-from .toyphrases import PHRASINGS, SHOW
-from .toyworld import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
+from ..data import Part, layout
+from ..readers import videochat_turns
+from .datasets import leave_unsaid, refer, request_phrase, stage1_records, tag
+from .phrases import PHRASINGS, SHOW
+from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
 
 EXTRA_COLOURS = ("pink", "teal", "gold", "silver", "cyan", "lime", "maroon", "beige")
 EXTRA_SHAPES = ("oval", "diamond", "hexagon", "moon", "arrow", "ring")
@@ -42,7 +42,7 @@ LEAD_INS = ("Okay,", "So,", "Quick question:", "Look at the video.", "Now tell m
             "I wonder,", "Please,", "Next question.")
 TAGS_ON = ("Thanks.", "Please answer briefly.", "Be precise.", "Just the answer, please.")
 
-# More ways to ask, per intent of toyphrases.PHRASINGS (same {slots}). "describe" also takes the ways of
+# More ways to ask, per intent of phrases.PHRASINGS (same {slots}). "describe" also takes the ways of
 # asking about a clip ("about_clip": answered with the same description in the safety data).
 PARAPHRASES = {
     "describe": ["Tell me everything that happens in the clip.", "What does the video show? Be detailed.",
@@ -110,9 +110,9 @@ def frame(template: str) -> tuple[str, ...]:
     return tuple(NOUNS.get(w, w) for w in re.findall(r"[a-z{}']+", template.lower()))
 
 
-def with_caption(record: dict, caption_text: str, for_reply: bool = False) -> list[_Part]:
+def with_caption(record: dict, caption_text: str, for_reply: bool = False) -> list[Part]:
     """A stage-1 record's template parts with its video slot written as the clip's caption."""
-    return [_Part("text", f" {caption_text} ", p.turn) if p.kind == "slot" else p for p in _layout(record, for_reply)]
+    return [Part("text", f" {caption_text} ", p.turn) if p.kind == "slot" else p for p in layout(record, for_reply)]
 
 
 def loosen(question: str, rng: random.Random) -> str:
@@ -141,7 +141,7 @@ def reading_scene(rng: random.Random, held: set) -> Scene:
     return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
 
 
-def reading_documents(n: int, held: set, rng: random.Random) -> list[list[_Part]]:
+def reading_documents(n: int, held: set, rng: random.Random) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written as its caption, a drill asking every object's motion and place, and a request to show a
     scene answered with its `<video>` caption (alone, or after the drill). Phrasings: the world's train

@@ -1,12 +1,12 @@
 """`python -m nanog4v.eval --ckpt DIR [--data DIR] [--json FILE]`: the paper's Tables 1–4 in miniature.
 
 Every number is measured on the *held-out* split of a toy world (`--data`, any directory written by
-`python -m nanog4v.toyworld`, whatever its seed; by default CKPT/toyworld, rendered from the seed in
+`python -m nanog4v.toy`, whatever its seed; by default CKPT/toyworld, rendered from the seed in
 CKPT/stage0.json when it is missing). The held-out split keeps back whole colour–shape pairs and
 phrasings, so these are the toy analogues of the paper's zero-shot numbers. Decoding is greedy, and
 every prediction is written next to the tables (`predictions.jsonl`) so anyone can re-score them.
 
-| paper | here | metric (nanog4v/metrics.py) |
+| paper | here | metric (nanog4v/eval/metrics.py) |
 | --- | --- | --- |
 | Table 1, zero-shot video QA (GPT-judged accuracy and 0–5 score) | stage1_heldout questions | exact answer; 0–5 rubric |
 | Table 2, video captioning (BLEU-4, METEOR, ...) | stage1_heldout "describe" and "caption" requests | BLEU-4, METEOR (exact matches) |
@@ -18,7 +18,7 @@ question about one of two or three objects needs the model to *bind* the named o
 place, which a question about a lone object does not.
 
 **Prompt fidelity**: a `<video>` turn counts when the model writes as many prompts as the reference
-turn and each parses (`toyworld.parse_caption`) to the same scene as the reference's — the reference
+turn and each parses (`toy.world.parse_caption`) to the same scene as the reference's — the reference
 was written from the request, so this is "the prompt shows what was asked".
 It is also given by kind of request (`request_kind`): the first video of a dialogue, one after a video
 was shown (usually "change one thing"), and two videos at once.
@@ -43,18 +43,19 @@ from pathlib import Path
 
 import torch
 
-from .assistant import ChatError, extract_video_prompts, load_chat_model
-from .data import STOP_STRINGS, DataError, clean_reply
-from .generate import SamplingConfig, generate
-from .inference import prompt_embeddings, video_tokens
+from ..assistant import ChatError, extract_video_prompts, load_chat_model
+from ..data import STOP_STRINGS, DataError, clean_reply
+from ..generate import SamplingConfig, generate
+from ..inference import prompt_embeddings, video_tokens
+from ..readers import read_jsonl, read_safety, read_videochat
+from ..safety import Lexicon, Safety, VideoChecker, vit_embedder
+from ..toy.datasets import WorldError, is_refusal, read_world, write_world
+from ..toy.hazard import hazard_prompt, toy_hazard_checker
+from ..toy.world import parse_caption, toy_generate
+from ..weights import CheckpointError
 from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
-from .readers import read_jsonl, read_safety, read_videochat
-from .safety import Lexicon, Safety, VideoChecker, toy_hazard_checker, vit_embedder
-from .stage0_vision import Stage0Error, read_world
-from .toydata import is_refusal
-from .toyworld import parse_caption, toy_generate
-from .weights import CheckpointError
 
+DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "weights" / "nano"      # the shipped checkpoint
 FILES = ("stage1_heldout.json", "stage2_heldout.jsonl", "safety_heldout.jsonl", "safety_video_heldout.jsonl")
 
 
@@ -68,7 +69,7 @@ def held_out(data) -> dict[str, Path]:
     for name in FILES:
         if not (data / name).is_file():
             raise EvalError(f"{data / name}: missing (not a toy world with a held-out split; "
-                            "write one with python -m nanog4v.toyworld --out DIR)")
+                            "write one with python -m nanog4v.toy --out DIR)")
     return {name.split("_heldout")[0]: data / name for name in FILES}
 
 
@@ -229,7 +230,7 @@ def evaluate(ckpt, data=None, limit: int | None = None, log=print) -> tuple[dict
     model, tokenizer = load_chat_model(ckpt)
     checker, note = toy_hazard_checker(model.vision)
     log(f"eval: {ckpt} on {data}; input-video check: {note}")
-    safety = Safety(lexicon=Lexicon(), video=VideoChecker(checker), toy_concepts=True)
+    safety = Safety(lexicon=Lexicon(), video=VideoChecker(checker), prompt_concepts=hazard_prompt)
     qa, captions = questions(files["stage1"], limit)
     results, preds = {"ckpt": str(ckpt), "data": str(data)}, []
     for name, run in (("Table 1", lambda: table1(model, tokenizer, qa)),
@@ -247,7 +248,6 @@ def default_world(ckpt: Path, log) -> Path:
     """CKPT/toyworld, rendered from the seed in CKPT/stage0.json (as train.py does) when it is missing."""
     world = ckpt / "toyworld"
     if not (world / "world.json").is_file():
-        from .toydata import write_world
         meta = ckpt / "stage0.json"
         seed = json.loads(meta.read_text()).get("seed", 0) if meta.is_file() else 0
         log(f"eval: rendering the toy world of {ckpt} (seed {seed}) into {world}")
@@ -294,14 +294,14 @@ def _mean(xs) -> float | None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m nanog4v.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, default=Path(__file__).resolve().parent.parent / "weights" / "nano")
+    p.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
     p.add_argument("--data", type=Path, help="a toy world directory (default: CKPT/toyworld)")
     p.add_argument("--json", type=Path, help="write the results here (predictions.jsonl beside it)")
     p.add_argument("--limit", type=int, help="at most this many items per table (default: all)")
     args = p.parse_args(argv)
     try:
         results, preds = evaluate(args.ckpt, args.data, args.limit, log=lambda m: print(m, file=sys.stderr))
-    except (EvalError, ChatError, CheckpointError, DataError, Stage0Error, OSError) as e:
+    except (EvalError, ChatError, CheckpointError, DataError, WorldError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(results))

@@ -1,8 +1,8 @@
-"""`python -m nanog4v.ablations --ckpt weights/nano --out runs/ablations`: the ablations the paper lacks.
+"""`python -m nanog4v.eval.ablations --ckpt weights/nano --out runs/ablations`: the ablations the paper lacks.
 
 GPT4Video reports no ablation of its own design choices. At nano scale each one is a short training run
 from the shipped checkpoint's frozen parts (its ViT, LLaMA and tokenizer), scored on the held-out toy
-split with `nanog4v.eval`:
+split with `nanog4v.eval.tables`:
 
 | family | variants | trains | scored by |
 | --- | --- | --- | --- |
@@ -30,16 +30,16 @@ from pathlib import Path
 
 import torch
 
-from .abstractor import VideoAbstractor
-from .config import G4VConfig
-from .eval import held_out, questions, table1, table3
-from .features import cache_features, unique_videos
-from .model import GPT4Video
-from .readers import read_videochat
-from .tokenizer import Tokenizer
-from .weights import load_vision
+from ..abstractor import build_abstractor
+from ..config import G4VConfig
+from ..features import cache_features, unique_videos
+from ..model import GPT4Video
+from ..readers import read_videochat
+from ..tokenizer import Tokenizer
+from ..weights import load_vision
+from .tables import held_out, questions, table1, table3
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASELINE = "both, N=16, T=4"
 VARIANTS = {   # name -> (family, stage, changes to the abstractor / num_frames / LoRA rank)
     BASELINE: ("streams", 1, {}),
@@ -64,7 +64,7 @@ def untrained_init(ckpt: Path, changes: dict, directory: Path) -> Path:
     with torch.device("meta"):
         model = GPT4Video(cfg)                      # the frozen parts stay on meta: only the abstractor is saved
     torch.manual_seed(0)
-    model.abstractor = VideoAbstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
+    model.abstractor = build_abstractor(cfg.abstractor, cfg.vision.dim, cfg.llama.dim, cfg.num_frames)
     return model.save_pretrained(directory)
 
 
@@ -142,7 +142,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanog4v.ablations", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m nanog4v.eval.ablations", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, default=ROOT / "weights" / "nano")
     p.add_argument("--out", type=Path, default=Path("runs") / "ablations")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",

@@ -1,4 +1,4 @@
-"""The toy world (DESIGN.md §6): a procedural video world, its captions, and a parser that inverts them.
+"""The toy world: a procedural video world, its captions, and a parser that inverts them.
 
 GPT4Video learns from WebVid clips, VideoChat-11k and GPT4Video-50k; the nano preset learns the same
 recipe from a world small enough to render, caption and check exactly. A **scene** is 1–3 objects on a
@@ -25,39 +25,19 @@ is the nano preset's text-to-video generator (`toy_generate`).
 "hazard", colour "striped"). It appears only in the clips of the video safety data, never in stage 1.
 
 **Held-out splits.** Each world holds back a few colour–shape pairs (chosen by the seed, all colours
-and shapes still seen in training) and, in toydata.py, some phrasings of every intent. The "train" and
+and shapes still seen in training) and, in phrases.py, some phrasings of every intent. The "train" and
 "val" splits never contain them; every "heldout" clip or request contains at least one held-out pair.
 
 Rendering is numpy only, 2× supersampled, deterministic (a pure function of the scene); a clip's frame
 i shows time t = (i + ½)/T, so motion is centred on the named position. Clips are written as H.264 with
-`video.write_video` so that training reads them through the real decoding path.
-
-The command line writes a whole world, the data sets of toydata.py included:
-
-    python -m nanog4v.toyworld --out DIR --n N --seed S [--frames T] [--size PX] [--fps F] [--force]
-
-    DIR/world.json                 seed, n, vocabularies, held-out pairs and phrasings, label names,
-                                   record counts; written LAST, so a DIR without it is incomplete
-    DIR/videos/<id>.mp4            N clips (T frames, PX×PX, H.264)
-    DIR/scenes.jsonl               {"id", "split", "hazard", "scene", "caption", "labels"} per clip;
-                                   "labels" are the stage-0 ViT's multi-hot targets (world.json "label_names")
-    DIR/stage1_{train,val,heldout}.json      VideoChat-11k (read_videochat): [{"id", "kind", "video",
-                                   "QA": [{"i"?, "q", "a", "type", "phrasing"}]}], video paths relative to DIR
-    DIR/stage2_{train,val,heldout}.jsonl     GPT4Video-50k (read_dialogues): {"id", "kind", "phrasing",
-                                   "scenes": [what each <video> shows], "conversations": [...]}
-    DIR/safety_{train,val,heldout}.jsonl     (read_safety): {"id", "label": "refuse"|"benign", "category",
-                                   "task": "generate"|"ask", "phrasing", "conversations"}
-    DIR/safety_video_{train,heldout}.jsonl   (read_jsonl): {"id", "video", "label", "conversations"};
-                                   label "refuse" exactly when the clip shows the hazard sign
-    DIR/corpus.txt                 the train split's text, one utterance a line (tokenizer, LLaMA stage 0)
+`video.write_video` so that training reads them through the real decoding path. The data sets
+made from a world, and the directory they are written to, are in datasets.py.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import re
-import sys
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -341,32 +321,3 @@ def parse_caption(text: str) -> Scene:
             for target in last or [early]:
                 target.setdefault(field, value)
     return Scene(tuple(Thing(**t) for t in things), background)
-
-
-# --- the command line ---------------------------------------------------------------------------------
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanog4v.toyworld", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="the directory to write (empty, or use --force)")
-    parser.add_argument("--n", type=int, default=2000, help="number of clips (at least 10; default 2000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
-    parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    from .toydata import WorldError, write_world      # toydata builds on this module: import it late
-    try:
-        counts = write_world(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
-                             fps=args.fps, force=args.force, progress=not args.quiet)
-    except WorldError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

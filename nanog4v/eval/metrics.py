@@ -1,7 +1,7 @@
 """Evaluation metrics (paper §5, Tables 1–4), hand-written in pure Python so that every number is
 reproducible offline and readable in one file.
 
-**Text normalisation.** `normalize_answer` (inference.py) ignores case, surrounding space, repeated
+**Text normalisation.** `normalize_answer` (nanog4v/data.py) ignores case, surrounding space, repeated
 space and one final full stop. Word-level metrics then also drop the punctuation `.,!?;:` and split on
 whitespace (`tokenize`): "The cat, on the mat!" -> ["the", "cat", "on", "the", "mat"]. Articles are
 kept (unlike SQuAD's normaliser): in toy-world captions "a" and "the" are part of the answer.
@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from .inference import normalize_answer
+from ..data import normalize_answer
 
 PUNCTUATION = ".,!?;:"
 _NO_PUNCTUATION = str.maketrans(PUNCTUATION, " " * len(PUNCTUATION))

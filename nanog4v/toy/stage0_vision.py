@@ -19,13 +19,12 @@ frame holds a red star but not *where*, and at 64 px the pooled head alone learn
 second linear head (also thrown away) reads every patch token and predicts which colour and which
 shape covers that patch (soft targets: the share of the patch each covers, "none" for background),
 computed from the renderer's own geometry at the times stage 1 samples. This is the supervision that
-the abstractor's spatial queries need: objects are findable patch by patch. On the nano world it
-lifted the val clip-probe accuracy of shape 0.32 → 0.48 and motion 0.41 → 0.50 for ~10 % more ViT
-time (the patch accuracy is in stage0.json).
+the abstractor's spatial queries need: objects are findable patch by patch. What it gained on the
+nano world is recorded in weights/nano/README.md ("Experiments behind the recipe"); the patch
+accuracy is in stage0.json.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -35,28 +34,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import VisionConfig
-from .toyworld import MASKS, Scene, object_coordinates
-from .trainer import lr_at, make_optimizer
-from .video import sample_frame_indices, sample_frames
-from .vision import VisionTransformer, preprocess
-from .weights import CLIP_VISION_KEYS, CLIP_VISION_LAYER_KEYS, write_checkpoint
-
-
-class Stage0Error(ValueError):
-    """A toy-world directory stage 0 cannot use; the message names the file."""
-
-
-def read_world(world_dir) -> tuple[dict, list[dict]]:
-    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows."""
-    world_dir = Path(world_dir)
-    meta, scenes = world_dir / "world.json", world_dir / "scenes.jsonl"
-    if not meta.is_file():
-        raise Stage0Error(f"{meta}: missing (not a complete toy world; python -m nanog4v.toyworld --out DIR)")
-    try:
-        return json.loads(meta.read_text()), [json.loads(line) for line in scenes.read_text().splitlines() if line]
-    except (OSError, json.JSONDecodeError) as e:
-        raise Stage0Error(f"{scenes}: unreadable ({e})") from None
+from ..config import VisionConfig
+from ..trainer import lr_at, make_optimizer
+from ..video import sample_frame_indices, sample_frames
+from ..vision import VisionTransformer, preprocess
+from .datasets import WorldError, read_world
+from .world import MASKS, Scene, object_coordinates
 
 
 def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
@@ -74,7 +57,7 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
                   sub: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft targets of the dense loss: for each frame (at clip time t ∈ [0, 1]) and each of its
     grid × grid patches, the fraction of the patch that each colour and each shape covers, the last
-    class being "none" (background). Read from the renderer's own geometry (toyworld.object_coordinates and MASKS,
+    class being "none" (background). Read from the renderer's own geometry (world.object_coordinates and MASKS,
     objects painted in order, later ones on top) on sub × sub points per patch.
     Returns colour (T, P, len(colours)+1) and shape (T, P, len(shapes)+1), rows summing to 1."""
     side = grid * sub
@@ -177,7 +160,7 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
     names, vocab = meta["label_names"], meta["vocab"]
     split = {s: [r for r in scenes if r["split"] == s] for s in ("train", "val", "heldout")}
     if not split["train"]:
-        raise Stage0Error(f"{Path(world_dir) / 'scenes.jsonl'}: no train clips")
+        raise WorldError(f"{Path(world_dir) / 'scenes.jsonl'}: no train clips")
     started = time.time()
     data = {s: load_clips(world_dir, rows, names, num_frames) for s, rows in split.items() if rows}
     log(f"stage 0 ViT: {len(split['train'])} train clips × {num_frames} frames "
@@ -234,31 +217,3 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
             metrics["hazard_heldout"] = hazard_separation(emb["train"], hazard["train"], emb["heldout"],
                                                           hazard["heldout"])
     return vit, metrics
-
-
-def save_vision(model: VisionTransformer, path, dtype: torch.dtype | None = None) -> Path:
-    """`model` as a transformers CLIPVisionModel directory (config.json + model.safetensors), the
-    inverse of `load_vision`'s key table. Keys carry the `vision_model.` prefix, which transformers 4.x
-    requires and 5.x accepts. dtype: the model's unless given."""
-    cfg = model.cfg
-    if cfg.post_layernorm_all_tokens:
-        raise ValueError("save_vision: post_layernorm_all_tokens is not a CLIP setting (mPLUG-Owl's ViT)")
-    ours_to_hf = {ours: hf for hf, ours in CLIP_VISION_KEYS.items()}
-    layer_to_hf = {ours: hf for hf, ours in CLIP_VISION_LAYER_KEYS.items()}
-
-    def hf_name(name: str) -> str:
-        if name.startswith("blocks."):
-            _, i, rest = name.split(".", 2)
-            module, leaf = rest.rsplit(".", 1)
-            return f"vision_model.encoder.layers.{i}.{layer_to_hf[module]}.{leaf}"
-        return f"vision_model.{ours_to_hf[name]}"
-
-    tensors = {hf_name(n): t.detach() for n, t in model.state_dict().items()}
-    dtype = dtype or next(model.parameters()).dtype
-    specs = {k: (tuple(t.shape), dtype) for k, t in tensors.items()}
-    hf = dict(architectures=["CLIPVisionModel"], model_type="clip_vision_model", hidden_size=cfg.dim,
-              intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-              num_channels=cfg.in_channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
-              layer_norm_eps=cfg.norm_eps, hidden_act=cfg.act, projection_dim=cfg.dim,
-              torch_dtype=str(dtype).removeprefix("torch."), dtype=str(dtype).removeprefix("torch."))
-    return write_checkpoint(path, hf, specs, tensors.__getitem__)

@@ -1,7 +1,7 @@
-"""The toy world's wording (used by toydata.py): every template a question, request or reply is built from.
+"""The toy world's wording (used by datasets.py): every template a question, request or reply is built from.
 
 - `PHRASINGS`: per intent (describe, caption, colour, …, show, vary_*, show_two, ask, about_clip) a pair
-  (train templates, held-out templates); `{slots}` are filled in by toydata.py.
+  (train templates, held-out templates); `{slots}` are filled in by datasets.py.
 - `SHOW`, `SHOW_MORE`, `SHOW_TWO`: the assistant's replies that show one video, a variation, or two.
 - `REFUSE`, `REFUSE_VIDEO`, `REFUSAL_MARKERS`: refusals of harmful requests and of hazard clips, and the words
   every refusal holds (`is_refusal`).

@@ -2,7 +2,7 @@
 
 The paper starts from three pretrained artefacts — LLaMA's SentencePiece tokenizer, CLIP's ViT-L/14 and
 LLaMA-7B — and trains only the abstractor (stage 1) and LoRA (stage 2). The nano preset makes small
-ones from a toy world (`python -m nanog4v.toyworld`, DESIGN.md §6) and writes them in the *official
+ones from a toy world (`python -m nanog4v.toy`, docs/design.md) and writes them in the *official
 layouts*, so stages 1–2 load them through exactly the code the 7B weights take:
 
     out_dir/tokenizer.model    SentencePiece BPE, LLaMA's settings           (tokenizer.Tokenizer)
@@ -23,36 +23,21 @@ read as stage 1 reads them; the reasons are in that module's docstring.
 **LLaMA: next-token pretraining on the toy text, rendered through the template** (`pretrain_llama`).
 The documents are the train split's dialogues (stage2_train, safety_train) and its stage-1 QA records
 with the clip *written as its caption*, `###Human: <video> a red circle … </video>`, laid out by the
-template (`data._layout`). So the LLM already knows the template, the toy language and how to answer a
+template (`data.layout`). So the LLM already knows the template, the toy language and how to answer a
 question about a clip it reads as words before stage 1 starts; stage 1 (LLM frozen) then teaches the
 abstractor to put the video where those words were. The documents are tokenised and labelled exactly
 as `encode_conversation(loss_on="ai")` does (Eq. 5: only the AI answers are targets) and packed whole
 into rows (`pack`: a question always shares its row with the caption it asks about). Training every
 token instead, as plain pretraining would, spends most of the gradient on the captions, which are
-random and cannot be predicted: on the nano world, 300 steps gave 41 % exact answers to val questions
-about captions with every token trained, 64 % with the answers only.
+random and cannot be predicted (the measurement: weights/nano/README.md, "Experiments behind the recipe").
 
 **Reading practice** (`stage0_reading.py`, `Stage0Settings.llama_reading`). Every epoch also reads
 fresh scenes that exist only as words, from a wider vocabulary ("a teal hexagon") and asked in wider
 words (a dozen more phrasings per intent, never a held-out one): the toy corpus alone teaches a small
 LLaMA its few colour–shape pairs and its three or four sentences per question, not how to read.
-Measured on the nano world, the stage-0 LLaMA alone with each held-out clip given as its caption
-(exact answers; first-turn show requests with a matching `<video>` prompt):
-
-| stage-0 text                                   | steps | exact | train phrasings | held-out phrasings | prompts |
-| ---                                            | ---   | ---   | ---             | ---                | ---     |
-| the world's documents, 6 epochs                | 1,843 | 58.5 %| 74.7 %          | —                  | 39 %    |
-| + wider-world scenes (0.4 per clip), 4 epochs  | 1,968 | 61.8 %| 81.0 %          | 41 %               | 87 %    |
-| + wider words (`PARAPHRASES`), 4 epochs        | 1,995 | 73.5 %| 79.3 %          | 67.4 %             | 87 %    |
-| + show requests after a clip (shipped)         | 2,012 | 75.4 %| 79.8 %          | 70.8 %             | 83 %    |
-
-The paraphrases fixed the held-out phrasings of count (→ 100 %), background (→ 100 %) and shape.
-**What limits it now: binding.** With two or three objects in the caption, "Where is the star?" is
-answered with the place of a random object: on fresh scenes, motion and place are right 100 % of the
-time with one object, 54–62 % with two and 31–39 % with three — about chance. A LLaMA trained only on
-such questions (600–5,000 steps; learning rate 1e-3 or 3e-3; 8 or 4 heads) stays near chance too:
-finding the words after the noun that the question names is a skill this 4-layer model does not pick
-up in the steps a 2-core budget allows.
+What it gained at each step, and what this stage still does not teach (binding a question to the one
+of two or three objects it names), is recorded in weights/nano/README.md ("Experiments behind the
+recipe", "What limits it").
 
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
@@ -70,17 +55,21 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .config import G4VConfig
-from .data import AI, HUMAN, IGNORE, SYSTEM, _encode_parts, _layout, _Part
-from .generate import SamplingConfig, generate
-from .inference import normalize_answer
-from .llama import LLaMA
-from .readers import read_dialogues, read_safety, read_videochat
+from ..config import G4VConfig
+from ..data import AI, HUMAN, IGNORE, SYSTEM, Part, encode_parts, layout, normalize_answer
+from ..generate import SamplingConfig, generate
+from ..llama import LLaMA
+from ..readers import read_dialogues, read_safety, read_videochat
+from ..tokenizer import Tokenizer
+from ..trainer import lr_at, make_optimizer
+from ..weights import save_llama, save_vision
+from .datasets import WorldError, read_world
 from .stage0_reading import reading_documents, with_caption
-from .stage0_vision import Stage0Error, pretrain_vision, read_world, save_vision
-from .tokenizer import Tokenizer
-from .trainer import lr_at, make_optimizer
-from .weights import save_llama
+from .stage0_vision import pretrain_vision
+
+
+class Stage0Error(ValueError):
+    """Stage 0 asked of a preset it cannot serve (7b), or with parts that do not fit each other."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,7 @@ def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
     import sentencepiece as spm
     corpus = Path(corpus)
     if not corpus.is_file():
-        raise Stage0Error(f"{corpus}: no such corpus file (write the world with python -m nanog4v.toyworld)")
+        raise WorldError(f"{corpus}: no such corpus file (write the world with python -m nanog4v.toy)")
     lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -134,26 +123,26 @@ def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
 
 # --- the LLaMA -----------------------------------------------------------------------------------
 
-def pretraining_documents(world_dir, split: str = "train") -> list[list[_Part]]:
+def pretraining_documents(world_dir, split: str = "train") -> list[list[Part]]:
     """The split's toy text as template parts (see the module docstring), one list per record."""
     world_dir = Path(world_dir)
     files = {name: world_dir / name for name in (f"stage1_{split}.json", f"stage2_{split}.jsonl", f"safety_{split}.jsonl")}
     for f in files.values():
         if not f.is_file():
-            raise Stage0Error(f"{f}: missing (not a complete toy world)")
+            raise WorldError(f"{f}: missing (not a complete toy world)")
     captions = {r["id"]: r["caption"] for r in read_world(world_dir)[1]}
     docs = [with_caption(r, captions[Path(r["videos"][0]).stem])
             for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)]
-    docs += [_layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
-    docs += [_layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
+    docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
+    docs += [layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
     return docs
 
 
-def encode_document(tokenizer: Tokenizer, parts: list[_Part]) -> tuple[list[int], list[int]]:
+def encode_document(tokenizer: Tokenizer, parts: list[Part]) -> tuple[list[int], list[int]]:
     """(ids, labels) exactly as encode_conversation(loss_on="ai") makes them: only the AI answers
     and their </s> are targets (IGNORE elsewhere)."""
     ids, labels = [tokenizer.bos_id], [IGNORE]
-    for part, part_ids in _encode_parts(tokenizer, parts, 0):
+    for part, part_ids in encode_parts(tokenizer, parts, 0):
         ids += part_ids
         labels += part_ids if part.kind in ("answer", "eos") else [IGNORE] * len(part_ids)
     return ids, labels

@@ -1,6 +1,6 @@
-"""The toy world's data sets, in the real formats (DESIGN.md §5; the layout is in toyworld.py).
+"""The toy world's data sets, in the real formats (docs/design.md), and the directory that holds them.
 
-From each clip's ground-truth scene (toyworld.py) this writes what the paper trains on:
+From each clip's ground-truth scene (world.py) this writes what the paper trains on:
 
 - **stage 1**, VideoChat-11k style: per clip a detailed-description record and a QA record (caption,
   colour, shape, count, motion, position, background). Answers are the caption's own words ("red",
@@ -12,14 +12,34 @@ From each clip's ground-truth scene (toyworld.py) this writes what the paper tra
   and for the hazard sign, helpful answers to benign requests near the same topics, and clips with
   and without the hazard for the video-input check.
 
-Every intent has several phrasings (the templates are in toyphrases.py); the last one or two of each
+Every intent has several phrasings (the templates are in phrases.py); the last one or two of each
 list are **held out**: they appear only in the "heldout" split, where each question or request uses one
 with probability ½ (the record's "phrasing" says which). Requests may leave fields unsaid ("a red circle
 moving left"); the caption then leaves them unsaid too, and the generator fills them in. Records carry
 "scenes" / "type" fields for the evaluation (the readers ignore extra keys).
+
+`write_world` (or `python -m nanog4v.toy`) writes a whole world, and `read_world` reads it back:
+
+    python -m nanog4v.toy --out DIR --n N --seed S [--frames T] [--size PX] [--fps F] [--force]
+
+    DIR/world.json                 seed, n, vocabularies, held-out pairs and phrasings, label names,
+                                   record counts; written LAST, so a DIR without it is incomplete
+    DIR/videos/<id>.mp4            N clips (T frames, PX×PX, H.264)
+    DIR/scenes.jsonl               {"id", "split", "hazard", "scene", "caption", "labels"} per clip;
+                                   "labels" are the stage-0 ViT's multi-hot targets (world.json "label_names")
+    DIR/stage1_{train,val,heldout}.json      VideoChat-11k (read_videochat): [{"id", "kind", "video",
+                                   "QA": [{"i"?, "q", "a", "type", "phrasing"}]}], video paths relative to DIR
+    DIR/stage2_{train,val,heldout}.jsonl     GPT4Video-50k (read_dialogues): {"id", "kind", "phrasing",
+                                   "scenes": [what each <video> shows], "conversations": [...]}
+    DIR/safety_{train,val,heldout}.jsonl     (read_safety): {"id", "label": "refuse"|"benign", "category",
+                                   "task": "generate"|"ask", "phrasing", "conversations"}
+    DIR/safety_video_{train,heldout}.jsonl   (read_jsonl): {"id", "video", "label", "conversations"};
+                                   label "refuse" exactly when the clip shows the hazard sign
+    DIR/corpus.txt                 the train split's text, one utterance a line (tokenizer, LLaMA stage 0)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -28,17 +48,47 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .data import SYSTEM
-from .toyphrases import (CHAT, HARMFUL, MEANINGS, MIXES, NEAR_ASK, NEAR_SHOW, NUMBERS, OPPOSITES, PHRASINGS,
-                         REFUSAL_MARKERS, REFUSE, REFUSE_VIDEO, SHOW, SHOW_MORE, SHOW_TWO)
-from .toyworld import (BACKGROUNDS, COLOURS, GERUNDS, HAZARD, HAZARD_COLOUR, MOTIONS, POSITION_PHRASES,
-                       POSITIONS, SHAPES, SIZES, Scene, caption, heldout_pairs, render,
-                       sample_scene, thing_phrase)
-from .video import write_video
+from ..data import SYSTEM
+from ..video import write_video
+from .phrases import (
+    CHAT,
+    HARMFUL,
+    MEANINGS,
+    MIXES,
+    NEAR_ASK,
+    NEAR_SHOW,
+    NUMBERS,
+    OPPOSITES,
+    PHRASINGS,
+    REFUSAL_MARKERS,
+    REFUSE,
+    REFUSE_VIDEO,
+    SHOW,
+    SHOW_MORE,
+    SHOW_TWO,
+)
+from .world import (
+    BACKGROUNDS,
+    COLOURS,
+    GERUNDS,
+    HAZARD,
+    HAZARD_COLOUR,
+    MOTIONS,
+    POSITION_PHRASES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    caption,
+    heldout_pairs,
+    render,
+    sample_scene,
+    thing_phrase,
+)
 
 
 class WorldError(ValueError):
-    """A toy world that cannot be written; the message names the directory."""
+    """A toy world that cannot be written or read; the message names the directory or file."""
 
 
 # --- filling in and choosing phrasings --------------------------------------------------------------------
@@ -106,7 +156,7 @@ def label_names() -> list[str]:
 
 def stage1_records(clip: str, scene: Scene, split: str, rng: random.Random, phrasings: dict = PHRASINGS) -> list[dict]:
     """A description record and a QA record (VideoChat-11k shape) for one clip; `phrasings` as
-    toyphrases.PHRASINGS (stage 0's reading practice passes a wider set)."""
+    phrases.PHRASINGS (stage 0's reading practice passes a wider set)."""
     video = f"videos/{clip}.mp4"
     text, held = choose(rng, phrasings["describe"], split)
     desc = {"id": f"{clip}-desc", "kind": "description", "video": video,
@@ -316,7 +366,7 @@ def _jsonl(records) -> str:
 
 def write_world(out, n: int, seed: int, frames: int = 8, size: int = 64, fps: float = 8.0,
                 force: bool = False, progress: bool = False) -> dict[str, int]:
-    """Render n clips and write every data set of the layout (toyworld.py); world.json last."""
+    """Render n clips and write every data set of the layout (the module docstring); world.json last."""
     out = Path(out)
     if n < 10 or frames < 1 or size < 16:
         raise WorldError(f"{out}: need --n >= 10, --frames >= 1 and --size >= 16 (got {n}, {frames}, {size})")
@@ -376,3 +426,39 @@ def write_world(out, n: int, seed: int, frames: int = 8, size: int = 64, fps: fl
              "clips": counts, "records": written | {"corpus_lines": len(corpus)}}
     _write(out / "world.json", json.dumps(world, indent=1) + "\n")
     return {"clips": n, **written}
+
+
+def read_world(world_dir) -> tuple[dict, list[dict]]:
+    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows."""
+    world_dir = Path(world_dir)
+    meta, scenes = world_dir / "world.json", world_dir / "scenes.jsonl"
+    if not meta.is_file():
+        raise WorldError(f"{meta}: missing (not a complete toy world; python -m nanog4v.toy --out DIR)")
+    try:
+        return json.loads(meta.read_text()), [json.loads(line) for line in scenes.read_text().splitlines() if line]
+    except (OSError, json.JSONDecodeError) as e:
+        raise WorldError(f"{scenes}: unreadable ({e})") from None
+
+
+# --- the command line: python -m nanog4v.toy -----------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanog4v.toy", description="Write a toy world: clips, scenes and every data set of the nano recipe.")
+    parser.add_argument("--out", required=True, help="the directory to write (empty, or use --force)")
+    parser.add_argument("--n", type=int, default=2000, help="number of clips (at least 10; default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        counts = write_world(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
+                             fps=args.fps, force=args.force, progress=not args.quiet)
+    except WorldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0

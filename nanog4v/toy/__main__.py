@@ -1,0 +1,7 @@
+"""python -m nanog4v.toy --out DIR [--n 2000] [--seed 0] [--frames 8] [--size 64] [--fps 8] [--force]:
+write a toy world — clips, scenes and every data set of the nano recipe (the layout: datasets.py)."""
+import sys
+
+from .datasets import main
+
+sys.exit(main())
