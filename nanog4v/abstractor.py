@@ -33,9 +33,9 @@ jointly (so they also attend to each other), with no frame embedding at all; the
 their own projection, the last N another, the two are summed, and a learned end-of-video embedding is
 appended: N + 1 tokens (65 at `7b`). In mPLUG-Owl the frame order reaches the abstractor through the
 video ViT's temporal convolutions; with our per-frame CLIP ViT the official form cannot tell frame
-order at all. The paper's form is the default because it
-is what the paper describes (Eq. 2–4: two separate streams, one sum, one projection) and because its
-temporal stream is the one that knows frame order.
+order at all. The paper's form is the default because it is what the paper describes (Eq. 2–4: two
+separate streams, one sum, one projection) and because its temporal stream is the one that knows frame
+order.
 
 The ablation the paper does not report, `streams="spatial"` or `"temporal"`, builds one stream only and
 uses it alone in Eq. 4 (F̂_v = F_s, or F̂_v = F_t); `"both"` is the paper. `build_abstractor` returns the
