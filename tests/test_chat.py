@@ -1,25 +1,18 @@
 """chat.py and the assistant: tag extraction, loading, history trimming, safety stages, the hand-off,
 broken inputs as one-line errors, the REPL through stdin; end-to-end on the trained nano checkpoint."""
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
-import torch
 
-from conftest import ROOT, train_tiny_tokenizer
+from conftest import ROOT
 from nanog4v.assistant import (Assistant, ChatError, TurnResult, VideoPrompt, extract_video_prompts, load_chat_model,
                                remove_video_prompts)
-from nanog4v.config import preset
-from nanog4v.data import SYSTEM, render
+from nanog4v.data import render
 from nanog4v.generate import SamplingConfig
-from nanog4v.llama import LLaMA
-from nanog4v.model import GPT4Video
 from nanog4v.safety import REFUSALS, Safety, VideoChecker
 from nanog4v.t2v import T2VError
 from nanog4v.toy.datasets import is_refusal
@@ -27,7 +20,7 @@ from nanog4v.toy.generator import ToyGenerator
 from nanog4v.toy.hazard import StripeDetector, hazard_prompt
 from nanog4v.toy.world import Scene, Thing, heldout_pairs, parse_caption, render as render_scene
 from nanog4v.video import sample_frames, write_video
-from nanog4v.weights import CheckpointError, save_llama
+from nanog4v.weights import CheckpointError
 
 NANO = ROOT / "weights" / "nano"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -58,50 +51,7 @@ def test_unclosed_empty_nested_and_stray_tags():
     assert remove_video_prompts(reply, prompts[:1]) == "One: two: <video2> b"
 
 
-# --- a tiny checkpoint in the chat layout ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """The `test` preset with random weights in the layout load_chat_model reads: tokenizer.model, vision/
-    (saved by transformers' CLIPVisionModel), llama/ (Hugging Face layout), stage2/ (with LoRA)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    lines = ["a red circle moves left on a grey background.", "What colour is the circle?", SYSTEM.strip(),
-             "###Human: <video></video>", "###AI: <video> a red circle </video>", "I'm sorry, I can't help."] * 30
-    tokenizer = train_tiny_tokenizer(ckpt / "tokenizer.model", lines, vocab_size=400)
-    cfg = preset("test")
-    cfg = dataclasses.replace(cfg, llama=dataclasses.replace(cfg.llama, vocab_size=tokenizer.vocab_size))
-    torch.manual_seed(0)
-    v = cfg.vision
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=v.dim, intermediate_size=v.mlp_dim, num_hidden_layers=v.n_layers,
-                                     num_attention_heads=v.n_heads, image_size=v.image_size,
-                                     patch_size=v.patch_size)).save_pretrained(ckpt / "vision")
-    save_llama(LLaMA(cfg.llama), ckpt / "llama")
-    model = GPT4Video(cfg)
-    model.add_lora()
-    model.save_pretrained(ckpt / "stage2")
-    return ckpt
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """A toy clip, a hazard clip, and broken inputs: empty, not a video, audio only, a directory."""
-    d = tmp_path_factory.mktemp("clips")
-    write_video(d / "toy.mp4", render_scene(Scene((Thing("circle", "red", "large", "centre", "grows"),), "grey"), 8), 8)
-    write_video(d / "hazard.mp4", render_scene(Scene((Thing("hazard", "striped", "large", "centre", "spins"),), "navy"), 8), 8)
-    (d / "empty.mp4").write_bytes(b"")
-    (d / "notes.mp4").write_text("not a video\n" * 50)
-    with av.open(str(d / "tone.m4a"), "w") as container:           # one second of a sine tone, no video
-        stream = container.add_stream("aac", rate=16000)
-        t = np.arange(16000) / 16000
-        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
-                                           format="fltp", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16000, 0, Fraction(1, 16000)
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    (d / "folder.mp4").mkdir()
-    return d
-
+# --- the tiny checkpoint (tiny_ckpt) and clips come from conftest.py ---------------------------------------
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt):

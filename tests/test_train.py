@@ -4,7 +4,6 @@ bad inputs give one-line errors. Everything (clips, data, tokenizer, frozen ViT 
 official layouts) is made in a temporary directory."""
 import dataclasses
 import importlib.util
-import io
 import json
 import os
 import socket
@@ -13,32 +12,27 @@ import sys
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
 import nanog4v.config
 import nanog4v.model
-from conftest import ROOT
+from conftest import ROOT, train_args
 from nanog4v.abstractor import build_abstractor
 from nanog4v.config import LoraConfig, preset
-from nanog4v.data import SYSTEM, ConversationDataset, collate
-from nanog4v.llama import LLaMA
+from nanog4v.data import ConversationDataset, collate
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.inference import prompt_embeddings, reply_accuracy, video_tokens
 from nanog4v.readers import read_records
 from nanog4v.trainer import BatchPlan, load_checkpoint, lr_at, make_optimizer, save_checkpoint
-from nanog4v.video import write_video
-from nanog4v.weights import load_llama, load_vision, save_llama
+from nanog4v.weights import load_llama, load_vision
 
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
 TRAIN = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(TRAIN)
 
 CFG = preset("test")
-COLOURS = {"red": (230, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 40)}
-SHAPES = ["circle", "square", "triangle", "star"]
 LOG_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens")
 
 
@@ -52,53 +46,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Four clips, stage-1/stage-2/safety files, a SentencePiece model, a CLIP ViT and a LLaMA on disk."""
-    d = tmp_path_factory.mktemp("world")
-    (d / "videos").mkdir()
-    for i, (name, rgb) in enumerate(COLOURS.items()):
-        frames = np.zeros((4, 32, 32, 3), np.uint8)
-        for t in range(4):
-            frames[t, 8:24, 4 + 4 * t:20 + 4 * t] = rgb                     # a square moving right
-        write_video(d / "videos" / f"c{i}.mp4", frames, fps=4)
-    qa = [{"video": f"videos/c{i}.mp4", "QA": [{"q": "What colour is the square?", "a": f"It is {name}."}]}
-          for i, name in enumerate(COLOURS)]
-    (d / "stage1.json").write_text(json.dumps(qa))
-    (d / "stage1_val.json").write_text(json.dumps(qa[:2]))
-    dialogues = [{"conversations": [{"from": "human", "value": f"Show me a {c} {s}."},
-                                    {"from": "gpt", "value": f"Here: <video> a {c} {s} moves left </video>"}]}
-                 for c, s in zip(COLOURS, SHAPES)]
-    (d / "stage2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dialogues))
-    safety = [{"label": "refuse", "conversations": [{"from": "human", "value": "Show a violent fight."},
-                                                    {"from": "gpt", "value": "Sorry, I can't help with that."}]},
-              {"label": "benign", "conversations": [{"from": "human", "value": "Show a fencing match."},
-                                                    {"from": "gpt", "value": "Sure: <video> two fencers </video>"}]}]
-    (d / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in safety))
-    rng = np.random.default_rng(0)
-    words = "the a it is red green blue yellow circle square triangle star moves left what colour show me".split()
-    lines = [" ".join(rng.choice(words, rng.integers(3, 10))) + "." for _ in range(300)]
-    lines += [SYSTEM.strip(), "###Human: <video></video>", "###AI: Here: <video> a red circle </video>"] * 50
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=500, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-    (d / "tokenizer.model").write_bytes(model.getvalue())
-    import transformers                                                      # the official CLIP layout
-    v = CFG.vision
-    torch.manual_seed(0)
-    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
-        hidden_size=v.dim, num_hidden_layers=v.n_layers, num_attention_heads=v.n_heads, intermediate_size=v.mlp_dim,
-        image_size=v.image_size, patch_size=v.patch_size, hidden_act="quick_gelu")).save_pretrained(d / "vit")
-    save_llama(LLaMA(CFG.llama), d / "llama")                                # the official LLaMA layout
-    return d
+def world(train_world):
+    return train_world
 
 
-def args(world, out, stage, *extra):
-    data = [world / "stage1.json"] if stage == 1 else [world / "stage2.jsonl", world / "safety.jsonl"]
-    return ["--stage", str(stage), "--preset", "test", "--vision", str(world / "vit"), "--llama", str(world / "llama"),
-            "--tokenizer", str(world / "tokenizer.model"), "--data", *map(str, data), "--out", str(out),
-            "--max-seq-len", "256", "--quiet", "--eval-n", "0", *extra]
+args = train_args
 
 
 def run(world, out, stage, *extra):
