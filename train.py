@@ -35,14 +35,16 @@ What --out receives: `log.jsonl` (one line per optimiser step: loss, lr, grad no
 LoRA adapter in peft's layout (`adapter/`), and `summary.json` (steps, time, final loss, evaluation).
 
 Data files may be VideoChat-11k JSON, GPT4Video-50k-style dialogues, safety dialogues or generic
-JSONL: the format is recognised from the first record (nanog4v/readers.py:sniff_format). Stage 1 can
-read cached ViT features instead of decoding videos (--features-dir; make them with
-`python -m nanog4v.features`). Errors print one line `error: <file>: <problem>` and exit with status 2.
+JSONL: the format is recognised from the first well-formed record (nanog4v/readers.py:sniff_format).
+Stage 1 can read cached ViT features instead of decoding videos (--features-dir; make them with
+`python -m nanog4v.features`). Errors print one line `error: <file or --flag>: <problem>` and exit with
+status 2; every number flag is checked before any work (`check_args`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -63,7 +65,8 @@ from nanog4v.toy import recipe
 from nanog4v.toy.datasets import WorldError
 from nanog4v.toy.recipe import RecipeError
 from nanog4v.toy.stage0 import Stage0Error
-from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, plot_losses
+from nanog4v.plots import plot_losses
+from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_log
 from nanog4v.weights import CheckpointError, load_llama, load_vision
 
 ROOT = Path(__file__).resolve().parent
@@ -120,6 +123,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+NUMBER_FLAGS = {  # flag: (lowest, highest, whether the lowest itself is allowed); None: no bound
+    "lr": (0, None, False), "epochs": (1, None, True), "batch_size": (1, None, True), "grad_accum": (1, None, True),
+    "warmup_steps": (0, None, True), "weight_decay": (0, None, True), "grad_clip": (0, None, True),
+    "max_seq_len": (1, None, True), "max_steps": (1, None, True), "frames": (1, None, True),
+    "lora_r": (1, None, True), "seed": (0, 2**31 - 1, True), "save_every": (1, None, True),
+    "eval_n": (0, None, True), "num_workers": (0, None, True), "world_n": (10, None, True)}
+
+
+def check_args(args) -> None:
+    """Every number flag finite and in its range, --out not a file: one TrainError before any work."""
+    for name, (low, high, low_ok) in NUMBER_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or value == low and not low_ok or high is not None and value > high:
+            allowed = (f"from {low} to {high}" if high is not None else f"{'>=' if low_ok else '>'} {low}")
+            raise TrainError(f"--{name.replace('_', '-')}: must be a finite number {allowed}, not {value}")
+    for path in [args.out, *args.out.parents] if args.out is not None else []:
+        if path.exists():
+            if not path.is_dir():
+                raise TrainError(f"--out: {path} is a file, not a directory")
+            break
+
+
 # --- paths and settings ----------------------------------------------------------------------------
 
 def _need(path: Path, what: str, flag: str, preset_name: str) -> Path:
@@ -170,11 +197,7 @@ def stage_settings(args, cfg: G4VConfig, stage: int):
     overrides = {k: getattr(args, k) for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps",
                                                "weight_decay", "grad_clip", "max_seq_len")
                  if getattr(args, k) is not None}
-    tc = replace(tc, **overrides)
-    if tc.lr <= 0 or tc.epochs < 1 or tc.batch_size < 1 or tc.grad_accum < 1 or tc.warmup_steps < 0:
-        raise TrainError(f"train.py: bad settings {tc}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise TrainError("train.py: --max-steps must be at least 1")
+    tc = replace(tc, **overrides)                                          # (checked by check_args)
     return replace(tc, max_seq_len=min(tc.max_seq_len, cfg.llama.max_seq_len))
 
 
@@ -219,8 +242,6 @@ def train_stage(args) -> dict:
     paths = resolve_paths(args, stage)
     cfg = preset(args.preset, **({"num_frames": args.frames} if args.frames else {}))
     if args.lora_r is not None:
-        if args.lora_r < 1:
-            raise TrainError("train.py: --lora-r must be at least 1")
         cfg = replace(cfg, lora=replace(cfg.lora, r=args.lora_r))
 
     # 2. the model: frozen ViT and LLaMA, the trainable abstractor (stage 1) or LoRA (stage 2); the tokenizer
@@ -263,9 +284,7 @@ def train_stage(args) -> dict:
         result = fit(model, data, tokenizer.pad_id, loop, world, resume=args.resume)
     finally:
         if world.main:
-            log = (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []
-            plot_losses({f"GPT4Video stage {stage} ({args.preset}): Eq. 5": [json.loads(r)["loss"] for r in log if r]},
-                        out / "loss.png")
+            plot_run(out, f"GPT4Video stage {stage} ({args.preset}): Eq. 5")
 
     # 5. save: the trainable parts (and the adapter in peft's layout), a validation check, the summary
     evaluation = None
@@ -288,8 +307,19 @@ def train_stage(args) -> dict:
     return {"model": model, **result, "eval": evaluation}
 
 
+def plot_run(out: Path, title: str) -> Path | None:
+    """OUT/loss.png from OUT/log.jsonl, also after a failed run (the loss up to where it stopped); none
+    from a damaged log (the resume that read it has reported it)."""
+    try:
+        rows = read_log(out / "log.jsonl")
+    except TrainError:
+        return None
+    return plot_losses({title: [row["loss"] for row in rows]}, out / "loss.png")
+
+
 def run(args) -> dict:
     """--stage 1|2 here; --stage 0|all are the toy recipe's (nanog4v/toy/recipe.py)."""
+    check_args(args)
     if args.stage in ("0", "all"):
         if args.preset == "7b":
             raise TrainError(f"train.py: --stage {args.stage} makes the toy presets' frozen parts; 7b starts from "

@@ -6,7 +6,8 @@
   turns show videos with ``<video> caption </video>`` / ``<videoK> caption </videoK>``;
 - ``read_safety``: the same shape plus ``"label": "refuse"|"benign"``;
 - ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...], "label"?}``;
-- ``read_records``: any mix of these files, each format recognised from its first record (``sniff_format``).
+- ``read_records``: any mix of these files, each format recognised from its first well-formed record
+  (``sniff_format``).
 
 A malformed record is skipped and counted by reason in a ``SkipCounter`` (the first few printed as
 ``file:line: problem``), or raises ``DataError("file:line: problem")`` with ``strict=True``; a missing
@@ -23,43 +24,54 @@ from .data import VIDEO_TAG, DataError, SkipCounter, check_conversation
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, object]]:
-    """Yield (line number, record) from a JSON list file or a JSONL file; a bad JSONL line yields a
-    DataError in place of its record. A JSON list that does not parse is one error for the file."""
+    """Yield (line number, record) from a JSON list file or a JSONL file (UTF-8, a BOM allowed); a bad
+    JSONL line yields a DataError in place of its record. A JSON list that does not parse is one error
+    for the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if text.lstrip().startswith("["):
-        decoder, space = json.JSONDecoder(), re.compile(r"\s*")
-        i = space.match(text, text.index("[") + 1).end()
-        line, counted = 1, 0                                  # line number of offset `counted`
-        while i < len(text) and text[i] != "]":
-            try:
-                record, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})", "invalid JSON") from None
-            line, counted = line + text.count("\n", counted, i), i
-            yield line, record
-            i = space.match(text, end).end()
-            if i < len(text) and text[i] == ",":
-                i = space.match(text, i + 1).end()
-            elif i >= len(text) or text[i] != "]":
-                line += text.count("\n", counted, i)
-                raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']')", "invalid JSON")
+        yield from _json_list(path, text)
         return
     for line, row in enumerate(text.split("\n"), 1):     # not splitlines(): JSON strings may hold U+2028
         if row.strip():
             try:
                 yield line, json.loads(row)
-            except json.JSONDecodeError as e:
-                yield line, DataError(f"invalid JSON ({e.msg})", "invalid JSON")
+            except (json.JSONDecodeError, RecursionError) as e:
+                yield line, DataError(f"invalid JSON ({getattr(e, 'msg', 'nested too deeply')})", "invalid JSON")
+
+
+def _json_list(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    """The records of a JSON list, decoded one by one so that each keeps its line number."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    i = space.match(text, text.index("[") + 1).end()
+    line, counted = 1, 0                                      # line number of offset `counted`
+    while i >= len(text) or text[i] != "]":
+        try:
+            record, end = decoder.raw_decode(text, i)
+        except (json.JSONDecodeError, RecursionError) as e:
+            where = e.lineno if isinstance(e, json.JSONDecodeError) else line + text.count("\n", counted, i)
+            raise DataError(f"{path}:{where}: invalid JSON ({getattr(e, 'msg', 'nested too deeply')})",
+                            "invalid JSON") from None
+        line, counted = line + text.count("\n", counted, i), i
+        yield line, record
+        i = space.match(text, end).end()
+        if i < len(text) and text[i] == ",":
+            i = space.match(text, i + 1).end()
+        elif i >= len(text) or text[i] != "]":
+            line += text.count("\n", counted, i)
+            raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']')", "invalid JSON")
+    rest = space.match(text, i + 1).end()
+    if rest < len(text):
+        line += text.count("\n", counted, rest)
+        raise DataError(f"{path}:{line}: invalid JSON (extra data after ']')", "invalid JSON")
 
 
 def _read(path, parse: Callable[[object], dict], strict: bool, skips: SkipCounter | None) -> Iterator[dict]:
     """Parse every record; a bad one is counted in `skips` (or raised as "file:line: problem")."""
     path, skips = Path(path), skips if skips is not None else SkipCounter()
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    _check_file(path)
     for line, obj in _json_records(path):
         where = f"{path}:{line}"
         try:
@@ -85,7 +97,7 @@ def _turns(conversations) -> list[dict]:
         raise DataError("'conversations' must be a non-empty list", "no turns")
     turns = []
     for i, turn in enumerate(conversations):
-        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) and isinstance(turn.get("from"), str) else None
         if role is None:
             raise DataError(f"turn {i}: unknown speaker {str(turn)[:60]}", "bad turn")
         if not isinstance(turn.get("value"), str) or not turn["value"].strip():
@@ -211,34 +223,47 @@ def read_jsonl(path, *, video_root=None, check_videos: bool = True, strict: bool
 
 # --- any data file ------------------------------------------------------------------------------------
 
-def sniff_format(path: Path) -> str:
-    """Which reader a data file needs, from its first record: "videochat" ({"video", "QA"}), "jsonl"
-    (a "video" and "conversations"), "safety" (a "label") or "dialogues" (text-only conversations)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            start = text.index("[") + 1
-            start += len(text[start:]) - len(text[start:].lstrip())           # skip the space after "["
-            first, _ = json.JSONDecoder().raw_decode(text, start)
-        else:
-            first = json.loads(next(line for line in text.split("\n") if line.strip()))
-    except (OSError, UnicodeDecodeError, ValueError, StopIteration) as e:
-        raise DataError(f"{path}: cannot read its first record ({type(e).__name__}: {e})") from None
-    if not isinstance(first, dict):
-        raise DataError(f"{path}: the first record is not a JSON object")
-    if "QA" in first:
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a data file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+
+
+def _format_of(record) -> str | None:
+    """The format a record's keys say, or None for a record of no known shape."""
+    if not isinstance(record, dict):
+        return None
+    if "QA" in record:
         return "videochat"
-    if first.get("video") is not None:
+    if "conversations" not in record:
+        return None
+    if record.get("video") is not None:
         return "jsonl"
-    return "safety" if "label" in first else "dialogues"
+    return "safety" if "label" in record else "dialogues"
+
+
+def sniff_format(path: Path) -> str:
+    """Which reader a data file needs, from its first well-formed record: "videochat" ({"video", "QA"}),
+    "jsonl" ("conversations" and a "video"), "safety" (and a "label") or "dialogues" (text only).
+    Malformed records before it are left to the reader (a counted skip, or the error with --strict)."""
+    path, first_problem = Path(path), None
+    _check_file(path)
+    for line, record in _json_records(path):
+        kind = None if isinstance(record, DataError) else _format_of(record)
+        if kind is not None:
+            return kind
+        first_problem = first_problem or f"line {line}: " + (str(record) if isinstance(record, DataError)
+                                                               else "not a record of a known format")
+    if first_problem is None:
+        raise DataError(f"{path}: no records")
+    raise DataError(f"{path}: no record in a known format (the first bad one: {first_problem})")
 
 
 def read_records(paths, video_root=None, strict: bool = False, log=print) -> list[dict]:
     """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`."""
     records = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"{path}: no such data file")
         kind, skips = sniff_format(path), SkipCounter()
         if kind == "videochat":
             found = read_videochat(path, video_root=video_root, strict=strict, skips=skips)

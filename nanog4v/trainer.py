@@ -16,9 +16,10 @@
 - **Checkpoints** (`save_checkpoint`, `load_checkpoint`): one file `last.pt` — trainable tensors,
   AdamW state, schedule, RNG states of every rank (python, numpy, torch, cuda), the data position and
   the step — written to a temp file, fsync'ed and renamed over the old one, so a crash at any moment
-  leaves the previous checkpoint whole. Resuming restores all of it and cuts the JSONL log back to the
-  checkpoint's step, so the log after a resume is the log of an uninterrupted run, bit for bit (CPU;
-  on CUDA as far as the kernels are deterministic).
+  leaves the previous checkpoint whole (the temp files of killed saves are removed by the next save).
+  Resuming checks and restores all of it and cuts the JSONL log (`read_log`: a line torn by a kill is
+  dropped) back to the checkpoint's step, so the log after a resume is the log of an uninterrupted run,
+  bit for bit (CPU; on CUDA as far as the kernels are deterministic).
 - **Memory and speed**: bf16 autocast on CUDA (trainable tensors stay fp32; LoRA adapters are fp32 by
   construction) and `checkpoint_blocks`, activation checkpointing over the LLaMA blocks.
 - **Distributed** (`init_distributed`, torchrun): DDP over NCCL (GPUs) or gloo (CPU). Each rank seeds its
@@ -31,7 +32,9 @@ import functools
 import json
 import math
 import os
+import pickle
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -148,8 +151,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _dead(pid: int) -> bool:
+    """No process `pid` runs here (signal 0 only asks; PermissionError: alive, another user's)."""
+    try:
+        os.kill(pid, 0) if os.name == "posix" else None                      # on Windows os.kill kills
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        pass
+    return False
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file beside `path`, fsync, then rename: the old file stays whole until then."""
+    """torch.save to a temp file beside `path`, fsync, then rename: the old file stays whole until then.
+    First the temp files of killed saves (`.last.pt.<pid>.tmp` of a dead pid, gigabytes at 7B) go."""
+    for old in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = old.name[len(path.name) + 2:-4]
+        if pid.isdigit() and _dead(int(pid)):
+            old.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -161,17 +180,53 @@ def save_checkpoint(path: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+CHECKPOINT_KEYS = {"version": int, "step": int, "epoch": int, "index": int, "trainable": dict, "optimizer": dict,
+                   "scheduler": dict, "rng": list, "signature": dict}
+
+
 def load_checkpoint(path: Path) -> dict:
-    """A `save_checkpoint` file, read with weights_only=True (tensors and plain containers only)."""
+    """A `save_checkpoint` file, read with weights_only=True (tensors and plain containers only); its
+    keys and their types (`CHECKPOINT_KEYS`) are checked."""
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:                                            # a class, a function: not run
+        raise TrainError(f"{path}: not a readable checkpoint (it holds more than tensors and plain containers: "
+                         "refused by torch.load's weights_only)") from None
     except Exception as e:                                                   # truncated, not a torch file
-        raise TrainError(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0]})") from None
+        first = (str(e).strip().split(". ")[0].splitlines() or [type(e).__name__])[0]    # EOFError: no message
+        raise TrainError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("version") != 1:
         raise TrainError(f"{path}: not a train.py checkpoint (no version 1 header)")
+    for key, kind in CHECKPOINT_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or key == "trainable" and not all(
+                isinstance(v, torch.Tensor) for v in value.values()):
+            kind = {int: "an int", dict: "a dict", list: "a list"}[kind] + " of tensors" * (key == "trainable")
+            raise TrainError(f"{path}: damaged checkpoint: {key!r} " + (f"is not {kind}" if key in state else "is missing"))
     return state
+
+
+def _log_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and type(row.get("step")) is int and type(row.get("loss")) is float else None
+
+
+def read_log(path: Path) -> list[dict]:
+    """The rows of a log.jsonl ([] when there is none). A torn last line (a kill while it was written)
+    is dropped with a note; a damaged earlier line is a TrainError naming the file and the line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n") if path.exists() else []
+    rows = [(n, _log_row(line)) for n, line in enumerate(lines, 1) if line.strip()]
+    if rows and rows[-1][1] is None:
+        print(f"note: {path}:{rows.pop()[0]}: dropped a torn last line (killed while writing it)", file=sys.stderr)
+    bad = [n for n, row in rows if row is None]
+    if bad:
+        raise TrainError(f"{path}:{bad[0]}: damaged log line (not a JSON row with a step and a loss)")
+    return [row for _, row in rows]
 
 
 # --- activation checkpointing ----------------------------------------------------------------------
@@ -243,10 +298,10 @@ class LoopConfig:
 
 
 def _truncate_log(log: Path, step: int) -> None:
-    """Keep the log lines of steps ≤ `step` (those after the checkpoint will be redone)."""
+    """Keep the log rows of steps ≤ `step` (those after the checkpoint will be redone)."""
     if log.exists():
-        lines = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        log.write_text("".join(line + "\n" for line in lines))
+        rows = [row for row in read_log(log) if row["step"] <= step]
+        log.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def restore(ckpt: Path, model, optimizer, plan: BatchPlan, signature: dict, world: Dist) -> int:
@@ -262,8 +317,11 @@ def restore(ckpt: Path, model, optimizer, plan: BatchPlan, signature: dict, worl
     if (state["epoch"], state["index"]) != plan.position(state["step"]):
         raise TrainError(f"{ckpt}: data position {state['epoch']}/{state['index']} does not match the data")
     model.load_state_dict(state["trainable"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"][world.rank])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"][world.rank])
+    except (IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TrainError(f"{ckpt}: damaged checkpoint: its AdamW or RNG state does not load ({e})") from None
     return state["step"]
 
 
@@ -371,24 +429,3 @@ def fit(model, dataset, pad_id: int, cfg: LoopConfig, world: Dist = Dist(), resu
             save_state(ckpt, step, model, optimizer, plan, schedule, cfg.signature, world)
     bar.close()
     return {"step": step, "total_steps": total, "loss": loss}
-
-
-def plot_losses(curves: dict[str, list[float]], png: Path, *, log_scale: bool = False) -> Path | None:
-    """One panel per curve — the loss at every optimiser step (faint) and its moving average over a
-    20th of the steps — written to `png`; None when there is nothing to draw."""
-    curves = {title: losses for title, losses in curves.items() if losses}
-    if not curves:
-        return None
-    from matplotlib.figure import Figure  # not pyplot: no GUI backend, and a notebook's stays as it is
-    fig = Figure(figsize=(3.5 * len(curves) + 2.5 * (len(curves) == 1), 3.3), dpi=100)
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    for ax, (title, losses) in zip(axes, curves.items()):
-        k = max(1, len(losses) // 20)
-        ax.plot(range(1, len(losses) + 1), losses, color="tab:blue", alpha=0.3, lw=1)
-        ax.plot(range(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, mode="valid"), color="tab:blue", lw=2)
-        ax.set(title=title, xlabel="optimiser step", yscale="log" if log_scale else "linear")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss")
-    fig.tight_layout()
-    fig.savefig(png)
-    return png

@@ -214,14 +214,16 @@ def test_resume_after_a_stop_or_a_nan_continues_exactly(world, tmp_path, monkeyp
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"version": 1, "step": 1})
+    state = {"version": 1, "step": 1, "epoch": 0, "index": 0, "trainable": {}, "optimizer": {}, "scheduler": {},
+             "rng": [], "signature": {}}
+    save_checkpoint(path, state)
 
     def disk_full(obj, f):
         f.write(b"half a checkpoint")
         raise OSError("No space left on device")
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError):
-        save_checkpoint(path, {"version": 1, "step": 2})
+        save_checkpoint(path, {**state, "step": 2})
     assert load_checkpoint(path)["step"] == 1 and list(tmp_path.iterdir()) == [path]
 
 
@@ -296,7 +298,7 @@ def test_errors_name_the_file_and_say_what_to_do(world, stage1, tmp_path, capsys
     assert "not a readable checkpoint" in _error(capsys, [*args(world, tmp_path / "bad", 1), "--resume"])
     assert "7b starts from the official" in _error(capsys, ["--stage", "0", "--preset", "7b"])
     assert "run the stages one by one to set --lr" in _error(capsys, ["--stage", "all", "--lr", "1e-3"])
-    assert "need --n >= 10" in _error(capsys, ["--stage", "0", "--preset", "test", "--world-n", "5",
+    assert "--world-n: must be a finite number >= 10, not 5" in _error(capsys, ["--stage", "0", "--preset", "test", "--world-n", "5",
                                                "--out", str(tmp_path / "s0")])
     if not (ROOT / "weights" / "clip-vit-large-patch14").exists():
         err = _error(capsys, ["--stage", "1", "--preset", "7b", "--data", str(world / "stage1.json")])

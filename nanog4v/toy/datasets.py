@@ -370,6 +370,8 @@ def write_world(out, n: int, seed: int, frames: int = 8, size: int = 64, fps: fl
     out = Path(out)
     if n < 10 or frames < 1 or size < 16:
         raise WorldError(f"{out}: need --n >= 10, --frames >= 1 and --size >= 16 (got {n}, {frames}, {size})")
+    if not 0 < fps <= 1000:                          # (NaN too) write_video would fail after --force emptied out
+        raise WorldError(f"{out}: need 0 < --fps <= 1000 (got {fps})")
     if out.exists() and not out.is_dir():
         raise WorldError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):

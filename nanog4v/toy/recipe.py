@@ -27,7 +27,8 @@ import torch
 from ..config import preset
 from ..features import cache_features, unique_videos
 from ..readers import read_records
-from ..trainer import plot_losses
+from ..plots import plot_losses
+from ..trainer import read_log
 from ..weights import load_vision
 from .datasets import write_world
 from .stage0 import run_stage0
@@ -107,6 +108,6 @@ def plot_recipe(out: Path) -> Path:
     curves = {"stage 0: ViT (attribute BCE)": report["vision"]["losses"],
               "stage 0: LLaMA (Eq. 5 on the toy text)": report["llama"]["losses"]}
     for k in (1, 2):
-        log = (out / f"stage{k}" / "log.jsonl").read_text().splitlines()
-        curves[f"stage {k}: {'abstractor' if k == 1 else 'LoRA'} (Eq. 5)"] = [json.loads(r)["loss"] for r in log if r]
+        rows = read_log(out / f"stage{k}" / "log.jsonl")
+        curves[f"stage {k}: {'abstractor' if k == 1 else 'LoRA'} (Eq. 5)"] = [row["loss"] for row in rows]
     return plot_losses(curves, out / "losses.png", log_scale=True)
