@@ -21,6 +21,13 @@ length: for each t_i we seek backward to the keyframe before it and decode forwa
 the next t_i lies in the same GOP. Streams without timestamps (raw .h264) cannot seek; they fall back
 to counting packets and picking k_i in one decoding pass.
 
+Memory and time are bounded by the pixels, not by the file: a 500 KB file can hold 8192×8192 frames.
+A video whose frames exceed `MAX_PIXELS` (8192×4320, DCI 8K) is refused before anything is decoded,
+and the decoder itself is told the limit (FFmpeg's `max_pixels`) in case the header lies. Frames are
+scaled while they are converted to RGB (swscale, area averaging), so their longest side is at most
+`max_side` (1024 unless asked otherwise: CLIP looks at 224) and never is a full-size RGB copy held;
+a frame within the bound comes back exactly as decoded.
+
 Also here: `write_video` (H.264 mp4, atomic) and a contact sheet for people:
 
     python -m nanog4v.video CLIP --frames 8 --out sheet.png
@@ -37,8 +44,12 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-__all__ = ["VideoError", "sample_frames", "sample_frames_and_times", "sample_frame_indices",
+__all__ = ["MAX_PIXELS", "MAX_SIDE", "VideoError", "sample_frames", "sample_frames_and_times", "sample_frame_indices",
            "display_transform", "write_video", "contact_sheet"]
+
+
+MAX_PIXELS = 8192 * 4320  # the largest frame decoded at all (DCI 8K); larger videos are refused
+MAX_SIDE = 1024           # frames come back with their longest side scaled down to this
 
 
 class VideoError(Exception):
@@ -84,9 +95,21 @@ def display_transform(matrix) -> tuple[bool, bool, bool]:
     return False, False, False
 
 
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so that the longer side is at most `max_side`, the aspect ratio kept
+    (each side at least 1); unchanged when it already fits or when `max_side` is None."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-    """Decoded frame → displayed RGB image (H, W, 3) uint8: colour conversion, then rotation metadata."""
-    image = frame.to_ndarray(format="rgb24", width=width, height=height)  # (h, w, 3)
+    """Decoded frame → displayed RGB image (height, width, 3) uint8: colour conversion and scaling in one
+    swscale pass (area averaging when it shrinks), then rotation metadata."""
+    same = (frame.width, frame.height) == (width, height)
+    image = frame.to_ndarray(format="rgb24", width=width, height=height,
+                             interpolation=None if same else "AREA")  # (h, w, 3)
     side = frame.side_data
     if SideDataType.DISPLAYMATRIX not in side:
         return image
@@ -103,8 +126,20 @@ def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- opening
 
-def _open(path: Path):
-    """Open a file and pick its video stream, or raise VideoError saying what is wrong with it."""
+def _limit(max_pixels: int) -> dict[str, str]:
+    """FFmpeg's own per-frame limit (AVCodecContext.max_pixels): a larger frame is not even allocated."""
+    return {"max_pixels": str(max_pixels)}
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise VideoError(path, f"{width}x{height} frames: larger than the limit of {max_pixels:,} pixels "
+                               "per frame (8192x4320 by default); scale the video down first")
+
+
+def _open(path: Path, max_pixels: int = MAX_PIXELS):
+    """Open a file and pick its video stream, or raise VideoError saying what is wrong with it (frames
+    larger than `max_pixels` included: by the header now, by the decoder if the header lies)."""
     if not path.exists():
         raise VideoError(path, "no such file")
     if path.is_dir():
@@ -112,7 +147,7 @@ def _open(path: Path):
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=_limit(max_pixels))  # (probing decodes a frame too)
     except PermissionError:
         raise VideoError(path, "permission denied") from None
     except (av.FFmpegError, OSError) as e:
@@ -127,6 +162,12 @@ def _open(path: Path):
     if stream.codec_context is None:
         container.close()
         raise VideoError(path, f"no decoder for the video codec of stream {stream.index}")
+    try:
+        _check_pixels(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
+    except VideoError:
+        container.close()
+        raise
+    stream.codec_context.options = _limit(max_pixels)              # the decoder refuses larger frames itself
     stream.codec_context.thread_type = "AUTO"
     return container, stream
 
@@ -233,17 +274,30 @@ def _clip_end(container, stream, start: Fraction) -> Fraction | None:
     return None
 
 
-def _sample_by_index(path: Path, num_frames: int):
+class _Converter:
+    """Decoded frames → RGB images, one at a time (no decoded frame is kept): the first frame fixes the
+    output size (`output_size` of its size), so a stream that changes size mid-way still stacks."""
+
+    def __init__(self, max_side: int | None):
+        self.max_side, self.size = max_side, None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.size is None:
+            self.size = output_size(frame.width, frame.height, self.max_side)
+        return _to_rgb(frame, *self.size)                                    # (h, w, 3)
+
+
+def _sample_by_index(path: Path, num_frames: int, max_pixels: int, convert: _Converter):
     """Fallback for streams without timestamps: count packets, then decode once and keep the k_i."""
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=_limit(max_pixels)) as container:
         n = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
     wanted = sample_frame_indices(max(n, 1), num_frames)
-    picked: dict[int, av.VideoFrame] = {}
-    container, stream = _open(path)
+    picked: dict[int, np.ndarray] = {}
+    container, stream = _open(path, max_pixels)
     with container:
         for k, frame in enumerate(_decode(container, stream)):
             if k in wanted:
-                picked[k] = frame
+                picked[k] = convert(frame)
             if k >= wanted[-1]:
                 break
     if not picked:
@@ -256,37 +310,46 @@ def _sample_by_index(path: Path, num_frames: int):
 
 # --------------------------------------------------------------------------- public API
 
-def sample_frames_and_times(path, num_frames: int) -> tuple[np.ndarray, list[float]]:
+def sample_frames_and_times(path, num_frames: int, *, max_side: int | None = MAX_SIDE,
+                            max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, list[float]]:
     """`sample_frames`, plus each frame's presentation timestamp in seconds (pts · time_base)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    path = Path(path)
-    container, stream = _open(path)
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+    path, convert = Path(path), _Converter(max_side)
+    container, stream = _open(path, max_pixels)
     with container:
         first = next(_decode(container, stream), None)
         if first is None:
-            raise VideoError(path, "no decodable video frames")
+            raise VideoError(path, "no decodable video frames (a damaged stream, or frames larger than "
+                                   f"{max_pixels:,} pixels)")
+        _check_pixels(path, first.width, first.height, max_pixels)
         if first.pts is None:
-            frames, times = _sample_by_index(path, num_frames)
+            del first
+            images, times = _sample_by_index(path, num_frames, max_pixels, convert)
         else:
             start = Fraction(first.pts)
+            del first                                     # (a decoded frame is big: keep none longer than needed)
             end = _clip_end(container, stream, start)
             if end is None or end <= start:
                 end = start + 1
-            cursor = _Cursor(container, stream)
-            frames = [cursor.frame_at(t, start) for t in _segment_centres(start, end, num_frames)]
-            if any(f is None for f in frames):
-                raise VideoError(path, "no decodable video frames near the sampled times")
-            times = [float(f.pts * stream.time_base) for f in frames]
-        width, height = frames[0].width, frames[0].height  # one size even if the stream changes it
-        images = np.stack([_to_rgb(f, width, height) for f in frames])  # (T, H, W, 3)
-    return images, times
+            cursor, images, times = _Cursor(container, stream), [], []
+            for t in _segment_centres(start, end, num_frames):
+                frame = cursor.frame_at(t, start)
+                if frame is None:
+                    raise VideoError(path, "no decodable video frames near the sampled times")
+                images.append(convert(frame))
+                times.append(float(frame.pts * stream.time_base))
+    return np.stack(images), times                        # (T, H, W, 3), seconds
 
 
-def sample_frames(path, num_frames: int) -> np.ndarray:
+def sample_frames(path, num_frames: int, *, max_side: int | None = MAX_SIDE,
+                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """T frames sampled uniformly (segment centres in time) over the whole clip: uint8 (T, H, W, 3) RGB,
-    rotated as the file says it should be displayed. Raises VideoError for anything unreadable."""
-    return sample_frames_and_times(path, num_frames)[0]
+    rotated as the file says it should be displayed, the longest side scaled down to `max_side` (None:
+    full size). Raises VideoError for anything unreadable, and for frames larger than `max_pixels`."""
+    return sample_frames_and_times(path, num_frames, max_side=max_side, max_pixels=max_pixels)[0]
 
 
 def write_video(path, frames: np.ndarray, fps: float) -> Path:

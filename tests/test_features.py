@@ -87,4 +87,4 @@ def test_missing_inputs_are_one_line_errors(world, tmp_path, capsys):
     assert main(["--vision", str(tmp_path / "nope"), "--data", str(world / "data.jsonl"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such file or directory\n"
     assert cli(world, tmp_path, "--data", str(tmp_path / "none.jsonl")) == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such data file\n"
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such file\n"
