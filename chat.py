@@ -6,9 +6,16 @@
         [--frames T] [--max-new-tokens N] [--temperature X] [--top-p P] [--seed S] [--device cpu|cuda|mps]
 
 In the interactive session: `/video PATH` attaches another video, `/reset` forgets the conversation,
-`/quit` (or end of input) leaves. Every `<video> … </video>` prompt in a reply is checked and handed to
-the text-to-video generator; the mp4 goes to --out (created when the first video is written).
-`--json` prints one object per turn: {"reply", "videos", "refused", "refusal_stage", "prompts", "errors"}.
+`/quit` (or end of input, or a closed stdin) leaves. Input is read as bytes: a line that is not UTF-8 is
+one `error: stdin line N: not UTF-8 text` and the session goes on. Every `<video> … </video>` prompt in
+a reply is checked and handed to the text-to-video generator; the mp4 goes to --out (created when the
+first video is written). After the reply come its notes, one `note: …` line each: the videos written,
+and what history trimming did that changes the answer (a video dropped from the context, a reply held
+to fewer than --max-new-tokens tokens).
+
+`--json` prints one object per turn: {"reply", "videos", "refused", "refusal_stage", "prompts", "errors",
+"notes"}. Then stdout holds nothing but those lines: the session's status lines (greeting, `(attached
+…)`, `(conversation forgotten)`, `you> ` prompts, unknown commands) go to stderr, with the log.
 
 The checkpoint (--ckpt, default weights/<preset>) has one layout for every preset (nanog4v/assistant.py):
 tokenizer.model, vision/ (CLIP, transformers layout), llama/ (Hugging Face layout), stage2/ (or stage1/)
@@ -21,20 +28,27 @@ Safety (nanog4v/safety.py): the input-text lexicon pre-check (off with --no-lexi
 refusals, the input-video concept check (off with --no-video-check) and the output-prompt check.
 Flagged checks are logged on stderr with their stage; --verbose logs every check and the timing.
 
-Bad input (a missing or broken video, a wrong checkpoint directory, missing generator weights) prints
-`error: <file>: <problem>` and exits with status 2 before anything is written. A generator failure
-during a turn keeps the text reply, reports `error: ...` and makes a one-shot run exit with status 1.
+Bad input (a number flag out of its range or not finite, an --out that is a file, a --prompt that is
+not UTF-8, a missing or broken video, a wrong checkpoint directory, missing generator weights, a
+--max-new-tokens that fills the model's whole context) prints `error: <file or flag>: <problem>` and
+exits with status 2 before anything is written. A message the assistant cannot take (not encodable,
+too long for the context) is `error: chat: …`; the conversation stays as it was. A generator failure
+during a turn keeps the text reply, reports `error: ...`; either makes a one-shot run exit with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_T2V = {"nano": "toy", "test": "toy", "7b": "zeroscope"}
 TOY_PRESETS = ("nano", "test")               # trained on the toy world (nanog4v/toy/)
+NUMBER_FLAGS = {                             # flag: (lowest, highest or None, whether the lowest is allowed)
+    "frames": (1, 256, True), "max_new_tokens": (1, None, True), "temperature": (0, None, True),
+    "top_p": (0, 1, False), "seed": (0, 2**31 - 1, True), "t2v_frames": (1, 256, True), "t2v_steps": (1, None, True)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--video", action="append", default=[], help="a video to talk about (repeatable)")
     p.add_argument("--prompt", action="append", default=[], help="one-shot: a user turn (repeatable); no REPL")
-    p.add_argument("--json", action="store_true", help="print one JSON object per turn instead of text")
+    p.add_argument("--json", action="store_true",
+                   help="stdout: one JSON object per turn and nothing else (status lines go to stderr)")
     p.add_argument("--preset", default="nano", choices=sorted(DEFAULT_T2V), help="nano (default) or 7b")
     p.add_argument("--ckpt", type=Path, help="checkpoint directory (default weights/<preset>)")
     p.add_argument("--frames", type=int, help="T, frames per input video (default: the checkpoint's)")
@@ -70,22 +85,37 @@ class Fail(Exception):
     """Bad input: main prints "error: {message}" and exits with status 2."""
 
 
-def check_args(args) -> None:
-    """Everything that can be checked before torch is imported: numbers, files, directories."""
-    from nanog4v.t2v import T2VError, check_pipeline_dir
-    from nanog4v.video import VideoError, sample_frames
-    bad = [(args.frames is not None and args.frames < 1, "--frames must be >= 1"),
-           (args.max_new_tokens < 1, "--max-new-tokens must be >= 1"),
-           (args.temperature < 0, "--temperature must be >= 0"), (not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
-           (args.t2v_frames is not None and args.t2v_frames < 1, "--t2v-frames must be >= 1"),
-           (args.t2v_steps < 1, "--t2v-steps must be >= 1")]
-    for wrong, message in bad:
-        if wrong:
-            raise Fail(f"chat.py: {message}")
+def check_numbers(args) -> None:
+    """Every number flag finite and in its range (NUMBER_FLAGS), --t2v-size two positive numbers."""
+    for name, (low, high, low_ok) in NUMBER_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or value == low and not low_ok or high is not None and value > high:
+            allowed = (f"from {low} to {high}" if high is not None and low_ok else f"in ({low}, {high}]"
+                       if high is not None else f"{'>=' if low_ok else '>'} {low}")
+            raise Fail(f"--{name.replace('_', '-')}: must be a finite number {allowed}, not {value}")
     try:
         args.t2v_width, args.t2v_height = (int(v) for v in args.t2v_size.lower().split("x"))
     except ValueError:
-        raise Fail(f"chat.py: --t2v-size {args.t2v_size!r}: expected WIDTHxHEIGHT, e.g. 576x320") from None
+        args.t2v_width = 0
+    if args.t2v_width < 1 or args.t2v_height < 1:
+        raise Fail(f"--t2v-size: expected WIDTHxHEIGHT, e.g. 576x320, not {args.t2v_size!r}")
+
+
+def check_args(args) -> None:
+    """Everything that can be checked before torch is imported: numbers, text, files, directories."""
+    from nanog4v.t2v import T2VError, check_pipeline_dir
+    from nanog4v.video import VideoError, sample_frames
+    check_numbers(args)
+    for path in [args.out, *args.out.parents]:
+        if path.exists():
+            if not path.is_dir():
+                raise Fail(f"--out: {path} is a file, not a directory")
+            break
+    for i, text in enumerate(args.prompt, start=1):
+        if not is_utf8(text):
+            raise Fail(f"--prompt {i}: not UTF-8 text")
     for path in args.video:
         try:
             sample_frames(path, 1)
@@ -104,6 +134,15 @@ def check_args(args) -> None:
             raise Fail(str(e)) from None
     if args.safety_checker is not None and not args.safety_checker.is_dir():
         raise Fail(f"{args.safety_checker}: no such safety-checker directory")
+
+
+def is_utf8(text: str) -> bool:
+    """False for a string holding lone surrogates: how Python keeps undecodable command-line bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def pick_device(requested: str | None) -> str:
@@ -135,6 +174,9 @@ def build(args, log):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         model, tokenizer = load_chat_model(args.ckpt, device, dtype, log=log)
+        if args.max_new_tokens >= model.llm.cfg.max_seq_len:
+            raise ChatError(f"--max-new-tokens: must be less than the context of {args.ckpt}, "
+                            f"{model.llm.cfg.max_seq_len} tokens, not {args.max_new_tokens}")
         if args.frames and args.frames != model.cfg.num_frames:
             if model.cfg.abstractor.variant == "paper":       # its temporal embeddings are per frame
                 raise ChatError(f"{args.ckpt}: trained with {model.cfg.num_frames} frames per video; "
@@ -179,7 +221,7 @@ def show(result, args, streamed: bool) -> None:
             print(result.reply, end="")
         print(flush=True)
         for note in result.notes:
-            print(f"  [{note}]", flush=True)
+            print(f"note: {note}", flush=True)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr, flush=True)
     if args.verbose and result.new_tokens:
@@ -215,44 +257,71 @@ def turn(assistant, text: str, args, echo: bool = False) -> bool:
     return bool(result.errors)
 
 
+def input_lines(stdin, prompt=None):
+    """(line number, text) for each line of `stdin`, read as bytes; text is None for a line that is not
+    UTF-8 (a byte-order mark before the first line is dropped). `prompt()` runs before each read. Nothing
+    when stdin is closed (None); Fail when it cannot be read."""
+    source, number = getattr(stdin, "buffer", stdin), 0
+    while stdin is not None:
+        if prompt is not None:
+            prompt()
+        try:
+            raw = source.readline()
+        except OSError as e:                       # e.g. a descriptor opened for writing only
+            raise Fail(f"stdin: cannot be read ({e.strerror or e})") from None
+        if not raw:
+            return
+        number += 1
+        try:
+            text = raw if isinstance(raw, str) else raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            text = None
+        yield number, text
+
+
 def repl(assistant, args) -> int:
+    """The interactive session on stdin; see the module docstring. Status lines go to stderr with --json."""
     from nanog4v.video import VideoError
-    interactive = sys.stdin.isatty()
-    if not args.json:
-        print(f"GPT4Video ({args.preset}); videos: {', '.join(assistant.videos) or 'none'}. "
-              "Type a message, or /video PATH, /reset, /quit.", flush=True)
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        if not interactive and not args.json and line.startswith("/"):
-            print(f"you> {line}")
-        if line in ("/quit", "/exit"):
-            break
-        if line == "/reset":
-            assistant.reset()
-            print("(conversation forgotten)", flush=True)
-        elif line.startswith("/video"):
-            path = line[len("/video"):].strip()
-            try:
-                attached = assistant.add_video(path) if path else None
-            except VideoError as e:
-                print(f"error: {e}", file=sys.stderr, flush=True)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    status = sys.stderr if args.json else sys.stdout
+
+    def say(message: str, end: str = "\n") -> None:
+        print(message, end=end, file=status, flush=True)
+
+    say(f"GPT4Video ({args.preset}); videos: {', '.join(assistant.videos) or 'none'}. "
+        "Type a message, or /video PATH, /reset, /quit.")
+    try:
+        for number, line in input_lines(sys.stdin, (lambda: say("you> ", end="")) if interactive else None):
+            if line is None:
+                print(f"error: stdin line {number}: not UTF-8 text", file=sys.stderr, flush=True)
                 continue
-            if attached is None:
-                print("usage: /video PATH", flush=True)
+            line = line.strip()
+            if not line:
+                continue
+            if not interactive and line.startswith("/"):
+                say(f"you> {line}")
+            if line in ("/quit", "/exit"):
+                break
+            command = line.split()[0]
+            path = line[len(command):].strip()
+            if line == "/reset":
+                assistant.reset()
+                say("(conversation forgotten)")
+            elif command == "/video":
+                try:
+                    attached = assistant.add_video(path) if path else None
+                except VideoError as e:
+                    print(f"error: {e}", file=sys.stderr, flush=True)
+                    continue
+                say("usage: /video PATH" if attached is None else f"(attached {path})" if attached else
+                    f"(not attached: {path} was flagged by the input-video check)")
+            elif line.startswith("/"):
+                say(f"unknown command {command}; use /video PATH, /reset or /quit")
             else:
-                print(f"(attached {path})" if attached else f"(not attached: {path} was flagged by the "
-                      "input-video check)", flush=True)
-        elif line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; use /video PATH, /reset or /quit", flush=True)
-        else:
-            turn(assistant, line, args, echo=not interactive)
+                turn(assistant, line, args, echo=not interactive)
+    except Fail as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -15,9 +15,12 @@ toy world's own). An attached video (`add_video`) first passes the input-video c
 
 **History trimming.** The template's prompt (system text, every turn, N placeholder tokens per video,
 "###AI:") plus `max_new_tokens` must fit the LLM's `max_seq_len`. When it does not, whole turns are
-dropped from the oldest on, except that the most recent video turn goes last (a question is usually
-about the latest clip). If the newest question alone still does not fit, the reply gets fewer new
-tokens; if not even one fits, the turn is answered with an error message.
+dropped from the oldest on, except the most recent video turn (a question is usually about the latest
+clip) and the new question. If that is still too long, the reply gets fewer new tokens, down to
+`MIN_NEW_TOKENS`; only then is the latest video dropped. A dropped video and a shortened reply are
+told in the turn's `notes` (chat.py prints them as `note:` lines). A message that does not fit even
+alone, or that the tokenizer cannot take, is answered with an error and changes nothing: the
+conversation, its videos and their tokens stay exactly as they were.
 
 **Checkpoint layout** (`load_chat_model`, the same for every preset; train.py writes the nano one):
 
@@ -40,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import t2v
-from .data import STOP_STRINGS, clean_reply, prompt_for_reply
+from .data import STOP_STRINGS, DataError, clean_reply, prompt_for_reply
 from .generate import SamplingConfig, stream
 from .inference import prompt_embeddings, video_tokens
 from .lora import merge_lora
@@ -48,6 +51,9 @@ from .model import GPT4Video
 from .safety import REFUSALS, Safety, Verdict, is_refusal
 from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
 from .weights import CheckpointError
+
+
+MIN_NEW_TOKENS = 16     # trimming shortens a reply down to this many tokens before it drops the latest video
 
 
 class ChatError(ValueError):
@@ -152,13 +158,14 @@ class TurnResult:
     refused: bool = False
     refusal_stage: str | None = None
     errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)     # what to show after the streamed reply
+    notes: list[str] = field(default_factory=list)     # what to show after the reply: videos written, trimming
     new_tokens: int = 0                                 # generated tokens, and the seconds they took
     seconds: float = 0.0
 
     def to_json(self) -> dict:
         return {"reply": self.reply, "videos": self.videos, "refused": self.refused,
-                "refusal_stage": self.refusal_stage, "prompts": self.prompts, "errors": self.errors}
+                "refusal_stage": self.refusal_stage, "prompts": self.prompts, "errors": self.errors,
+                "notes": self.notes}
 
 
 class Assistant:
@@ -198,11 +205,18 @@ class Assistant:
         return True
 
     def ask(self, text: str, on_text=None) -> TurnResult:
-        """Answer one user message. `on_text(piece)` receives the reply as it is generated."""
+        """Answer one user message. `on_text(piece)` receives the reply as it is generated. A message that
+        cannot be answered (empty, not encodable, too long) gives a result with `errors` and leaves the
+        conversation exactly as it was."""
         self.turn_count += 1
         text = text.strip()
         if not text:
             return TurnResult("", errors=["chat: an empty message"])
+        try:                     # before any check: a refused message joins the conversation too
+            self.tokenizer.encode(text)                                       # (positions in the message)
+            self.prompt_length(self.turns + [{"from": "human", "value": text}])
+        except (TokenizerError, DataError) as e:
+            return TurnResult("", errors=[f"chat: the message cannot be tokenized: {e}"])
         if self.pending_refusal:                          # a flagged video was just offered
             stage, self.pending_refusal = self.pending_refusal, None
             return self._refuse(text, stage, on_text)
@@ -210,19 +224,22 @@ class Assistant:
         self.log(verdict)
         if verdict.flagged:
             return self._refuse(text, "input-text", on_text)
+        saved = (list(self.turns), list(self.videos), list(self.tokens))
         self.turns.append({"from": "human", "value": text})
-        budget = self._fit_history()
+        notes: list[str] = []
+        budget = self._fit_history(notes)
         if budget < 1:
-            self.turns.pop()
-            return TurnResult("", errors=[f"chat: the message does not fit the context of "
-                                          f"{self.model.llm.cfg.max_seq_len} tokens"])
+            self.turns, self.videos, self.tokens = saved
+            limit, alone = self.model.llm.cfg.max_seq_len, self.prompt_length([{"from": "human", "value": text}])
+            return TurnResult("", errors=[f"chat: the message does not fit the context of {limit} tokens "
+                                          f"(its prompt alone takes {alone})"])
         started = time.perf_counter()
         try:
             reply, n = self._generate(budget, on_text)
         except TokenizerError as e:           # an id beyond the tokenizer (LLM vocab > tokenizer vocab)
-            self.turns.pop()
+            self.turns, self.videos, self.tokens = saved
             return TurnResult("", errors=[str(e)])
-        result = TurnResult(reply, new_tokens=n, seconds=time.perf_counter() - started)
+        result = TurnResult(reply, notes=notes, new_tokens=n, seconds=time.perf_counter() - started)
         if self.is_refusal(reply) and not extract_video_prompts(reply):
             result.refused, result.refusal_stage = True, "model"
             self.log(Verdict("model", True, "the reply is a refusal"))
@@ -245,18 +262,35 @@ class Assistant:
         conversation = {"videos": self.videos, "turns": self.turns if turns is None else turns}
         return len(prompt_for_reply(self.tokenizer, conversation, self.model.num_video_tokens)["input_ids"])
 
-    def _fit_history(self) -> int:
-        """Drop the oldest turns until prompt + max_new_tokens fit; returns the new-token budget."""
+    def _fit_history(self, notes: list[str] | None = None) -> int:
+        """Make prompt + reply fit `max_seq_len` (the module docstring's order) and return the new-token
+        budget; < 1 when even the question alone does not fit (the caller restores the turns). What the
+        user should know (a video dropped, a shorter reply) is appended to `notes`."""
+        notes = [] if notes is None else notes
         limit, want = self.model.llm.cfg.max_seq_len, self.sampling.max_new_tokens
-        while len(self.turns) > 1 and self.prompt_length() + want > limit:
-            videos = [i for i, t in enumerate(self.turns) if "video" in t]
-            keep = videos[-1] if videos else None
-            drop = next((i for i in range(len(self.turns) - 1) if i != keep), None)
-            if drop is None:                 # only the latest video and the question are left
-                drop = 0
-            removed = self.turns.pop(drop)
-            self.log(f"context: dropped the oldest {'video' if 'video' in removed else removed['from']} turn")
-        return min(want, limit - self.prompt_length())
+        videos = [i for i, t in enumerate(self.turns[:-1]) if "video" in t]
+        latest = self.turns[videos[-1]] if videos else None       # the latest video turn, kept longest
+        while self.prompt_length() + want > limit:
+            drop = next((i for i, t in enumerate(self.turns[:-1]) if t is not latest), None)
+            if drop is None:                                      # only the latest video and the question
+                break
+            self._drop(drop, notes)
+        budget = min(want, limit - self.prompt_length())
+        if budget < min(want, MIN_NEW_TOKENS) and latest is not None:
+            self._drop(next(i for i, t in enumerate(self.turns) if t is latest), notes)
+            budget = min(want, limit - self.prompt_length())
+        if 1 <= budget < want:
+            notes.append(f"context: this reply gets at most {budget} new tokens, not {want} (--max-new-tokens): "
+                         f"the conversation fills the context of {limit} tokens")
+        return budget
+
+    def _drop(self, i: int, notes: list[str]) -> None:
+        """Remove turn i to make room: a video turn is a note, a text turn only a log line."""
+        removed = self.turns.pop(i)
+        self.log(f"context: dropped the oldest {'video' if 'video' in removed else removed['from']} turn")
+        if "video" in removed:
+            notes.append(f"context: dropped the video {self.videos[removed['video']]} from the conversation: "
+                         f"it no longer fits the context of {self.model.llm.cfg.max_seq_len} tokens")
 
     # --- generation ---------------------------------------------------------------------------------
     @torch.no_grad()

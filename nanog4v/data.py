@@ -35,7 +35,8 @@ collapsed spaces) fails loudly here instead of training on a shifted mask.
 escaped: runs of three or more "#" become "# # #" (no typed "###AI:" can open a turn) and, in human
 text, video tags get a space, "<video>" → "< video>", "</video2>" → "</ video2>" (no typed tag looks
 like a real video). AI text keeps its ``<video> prompt </video>`` literally: that is the hand-off to
-the video generator that stage 2 teaches.
+the video generator that stage 2 teaches. SentencePiece's space marker "▁" (U+2581) becomes a plain
+space in all text: encoded, it is a space anyway, and the segment would not decode back to itself.
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ VIDEO_TAG = re.compile(r"<(/?)(video\d*)>", re.IGNORECASE)
 
 
 def escape(text: str, *, keep_video_tags: bool = False) -> str:
-    """Make text unable to forge a turn marker (or, unless kept, a video tag); see the module docstring."""
+    """Make text unable to forge a turn marker (or, unless kept, a video tag) and free of SentencePiece's
+    space marker; see the module docstring."""
+    text = text.replace("\u2581", " ")                              # "a▁b" -> "a b", as it decodes anyway
     text = _HASHES.sub(lambda m: " ".join(m.group()), text)          # "###AI:" -> "# # #AI:"
     return text if keep_video_tags else VIDEO_TAG.sub(r"<\1 \2>", text)  # "<video>" -> "< video>"
 

@@ -35,7 +35,8 @@ REPLACEMENT = "\ufffd"      # "�", what an invalid UTF-8 byte decodes to
 
 
 class TokenizerError(ValueError):
-    """A tokenizer file that cannot be used, or ids it cannot decode; the message names the file."""
+    """A tokenizer file that cannot be used, text it cannot encode or ids it cannot decode; the message
+    is one line and names the file."""
 
 
 class Tokenizer:
@@ -68,7 +69,15 @@ class Tokenizer:
         self.strip_all_leading: bool = spec.remove_extra_whitespaces
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Text → ids (SentencePiece's own `EncodeAsIds`), optionally with <s> first and </s> last."""
+        """Text → ids (SentencePiece's own `EncodeAsIds`), optionally with <s> first and </s> last.
+
+        Raises TokenizerError for a string that is not valid Unicode (a lone surrogate such as "\\ud800",
+        which is how Python keeps undecodable command-line bytes): SentencePiece takes UTF-8 only."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TokenizerError(f"{self.path}: cannot encode text that is not valid Unicode (a lone surrogate "
+                                 f"U+{ord(text[e.start]):04X} at character {e.start})") from None
         return self.sp.encode(text, add_bos=bos, add_eos=eos)
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -202,7 +202,7 @@ def test_repl_through_stdin_and_one_shot_json(clips, tiny_ckpt, tmp_path):
                "--prompt", "Show me naked people", "--json", "--max-new-tokens", "4")
     assert run.returncode == 0, run.stderr
     turns = [json.loads(line) for line in run.stdout.splitlines()]
-    assert [sorted(t) for t in turns] == [["errors", "prompts", "refusal_stage", "refused", "reply", "videos"]] * 2
+    assert [sorted(t) for t in turns] == [["errors", "notes", "prompts", "refusal_stage", "refused", "reply", "videos"]] * 2
     assert turns[1]["refused"] and turns[1]["refusal_stage"] == "input-text"
     assert "safety[input-text]: flagged" in run.stderr
 

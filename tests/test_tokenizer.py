@@ -209,3 +209,13 @@ def test_errors_name_the_file(tmp_path, tiny_toks):
         tok.decode([5, 300, -1])
     with pytest.raises(TokenizerError, match="out of range"):
         StreamDecoder(tok).push(10**6)
+
+
+@pytest.mark.parametrize("text, where", [("\ud800", "U+D800 at character 0"), ("ok \udcff", "U+DCFF at character 3")])
+def test_text_that_is_not_valid_unicode_is_one_tokenizer_error(tiny_toks, text, where):
+    """A lone surrogate (undecodable command-line bytes end up as one) cannot be UTF-8: one line, not the
+    RuntimeError of SentencePiece's C++ binding."""
+    with pytest.raises(TokenizerError) as e:
+        tiny_toks["llama_like"].encode(text)
+    assert str(e.value).endswith(f"llama_like.model: cannot encode text that is not valid Unicode (a lone surrogate "
+                                 f"{where})") and "\n" not in str(e.value)
