@@ -15,6 +15,7 @@ peak RSS (VmHWM) is its own:
 
 Target (issue 24): the bounded reader's peak RSS and seconds stay bounded whatever the resolution —
 the 8K clip within a few hundred MB and about a second — and the 8192×8192 file is refused quickly.
+The same clips then go through `chat.py` end to end (the input-video check and the model, one reply).
 Clips are H.264 mp4 (x264 ultrafast), made into bench/scratch/ (gitignored) on the first run; the
 10-minute clip is `bench/video.py`'s (320×180, 25 fps, GOP 250).
 """
@@ -37,6 +38,7 @@ CLIPS = {  # name: (width, height, frames, fps)
     "tiny (64×64)": (64, 64, 16, 8),
     "4K (3840×2160)": (3840, 2160, 10, 5),
     "8K (7680×4320)": (7680, 4320, 10, 5),
+    "4000×4000, two frames": (4000, 4000, 2, 1),
     "8192×8192, two frames": (8192, 8192, 2, 1),
 }
 
@@ -89,8 +91,24 @@ def child(path: str, bounded: bool) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "import_mb": base, "outcome": outcome}))
 
 
-def measure(path: Path, bounded: bool, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(path)] + ([] if bounded else ["--full-size"])
+def chat_child(path: str) -> None:
+    """chat.py end to end on the shipped nano model (input-video check, the model, one reply)."""
+    import contextlib
+    import io
+    sys.path.insert(0, str(HERE.parent))
+    import chat
+    start, out = time.perf_counter(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = chat.main(["--video", path, "--prompt", "What colour is the circle?", "--json", "--out",
+                          str(SCRATCH / "chat_videos")])
+    seconds = time.perf_counter() - start
+    lines = (out.getvalue() or err.getvalue()).strip().splitlines() or ["?"]
+    outcome = f"exit {code}: " + (lines[-1] if code else json.loads(lines[-1])["reply"])[:90]
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb(), "outcome": outcome}))
+
+
+def measure(path: Path, bounded: bool, timeout: float, chat: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--chat" if chat else "--child", str(path)] + ([] if bounded else ["--full-size"])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "OMP_NUM_THREADS": "2"})
@@ -122,9 +140,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a case is killed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--full-size", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chat", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, bounded=not args.full_size)
+    if args.chat:
+        return chat_child(args.chat)
 
     clips = {"tiny (64×64)": CLIPS["tiny (64×64)"], "720p (1280×720)": (1280, 720, 10, 5)} if args.quick else CLIPS
     t0 = time.perf_counter()
@@ -142,6 +163,13 @@ def main() -> None:
         print(f"| {name} | {path.stat().st_size / 1e3:,.0f} kB | {ours['peak_mb']:,.0f} MB | {ours['seconds']:.2f} "
               f"| {ref['peak_mb']:,.0f} MB | {ref['seconds']:.2f} | {ref['peak_mb'] / ours['peak_mb']:.1f}× "
               f"| {ours['outcome']} |", flush=True)
+    print("\n`python chat.py --video CLIP --prompt 'What colour is the circle?' --json` (nano), end to end:\n")
+    print("| clip | peak RSS | seconds | outcome |")
+    print("| --- | ---: | ---: | --- |")
+    for name, path in paths.items():
+        if "10 min" not in name:
+            row = measure(path, True, args.timeout, chat=True)
+            print(f"| {name} | {row['peak_mb']:,.0f} MB | {row['seconds']:.2f} | {row['outcome']} |", flush=True)
 
 
 if __name__ == "__main__":

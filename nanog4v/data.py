@@ -94,6 +94,9 @@ class Part:
     video: int = -1      # k, for a slot
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_conversation(conversation: dict) -> None:
     """Raise DataError(reason) unless `conversation` has the shape in docs/design.md (conversations)."""
     if not isinstance(conversation, dict) or not isinstance(conversation.get("turns"), list):
@@ -113,6 +116,8 @@ def check_conversation(conversation: dict) -> None:
         elif who in ("human", "ai"):
             if not isinstance(turn.get("value"), str) or not turn["value"].strip():
                 raise DataError(f"turn {i}: empty or missing text", "empty turn")
+            if not turn["value"].isascii() and _SURROGATE.search(turn["value"]):    # JSON's "\ud800" alone
+                raise DataError(f"turn {i}: text that is not valid Unicode (a lone surrogate)", "bad text")
         else:
             raise DataError(f"turn {i}: not a human/ai turn: {str(turn)[:60]}", "bad turn")
 

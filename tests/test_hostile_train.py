@@ -145,6 +145,9 @@ FIRST_BAD = {
                          "dialogues", 1, {"empty turn": 1}, "empty or missing text"),
     "text is NaN": (jsonl('{"conversations": [{"from": "human", "value": NaN}]}', DIALOGUE),
                     "dialogues", 1, {"empty turn": 1}, "empty or missing text"),
+    "a lone surrogate": (jsonl('{"conversations": [{"from": "human", "value": "Hi \\ud800"}, '
+                               '{"from": "gpt", "value": "Hello."}]}', DIALOGUE),
+                         "dialogues", 1, {"bad text": 1}, "turn 0: text that is not valid Unicode"),
     "conversations is a string": (jsonl({"conversations": "Hi."}, DIALOGUE), "dialogues", 1, {"no turns": 1},
                                   "'conversations' must be"),
     "label is a list": (jsonl({**DIALOGUE, "label": ["refuse"]}, SAFETY), "safety", 1, {"bad label": 1}, "'label'"),
