@@ -20,7 +20,10 @@ official checkpoints through ``weights.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import typing
 from pathlib import Path
 
 import torch
@@ -35,7 +38,7 @@ from .config import G4VConfig
 from .data import IGNORE
 from .llama import LLaMA
 from .lora import add_lora, lora_state_dict
-from .safetensors_io import CheckpointError, state_problems
+from .safetensors_io import CheckpointError, shorten, state_problems
 from .vision import VisionTransformer
 from .weights import load_llama, load_vision
 
@@ -154,45 +157,136 @@ class GPT4Video(nn.Module):
 
     @staticmethod
     def read_config(directory: str | Path) -> tuple[G4VConfig, bool]:
-        """(config, whether it has LoRA) of a directory `save_pretrained` wrote; CheckpointError if it is not one."""
+        """(config, whether it has LoRA) of a directory `save_pretrained` wrote; CheckpointError if it is not one.
+        config.json must be what `save_pretrained` writes: {"config": every field of G4VConfig with a value
+        of its type, "lora": true | false}, and no other key."""
         directory = Path(directory)
         for f in (directory / "config.json", directory / "gpt4video.safetensors"):
             if not f.is_file():
                 raise CheckpointError(f"{f}: missing (not a GPT4Video checkpoint directory: it needs config.json "
                                       "and gpt4video.safetensors, as save_pretrained and train.py --out write)")
+        file = directory / "config.json"
         try:
-            meta = json.loads((directory / "config.json").read_text())
-            return G4VConfig.from_dict(meta["config"]), bool(meta.get("lora"))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{directory / 'config.json'}: not a GPT4Video config ({e})") from None
+            meta = json.loads(file.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{file}: not a GPT4Video config (not valid JSON: {e})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{file}: not a GPT4Video config (a JSON {_json_kind(meta)}, not an object)")
+        problems = [f"{k}: unknown key" for k in meta if k not in CONFIG_KEYS]
+        problems += [f"{k}: missing" for k in CONFIG_KEYS if k not in meta]
+        if "config" in meta:
+            problems += config_problems(G4VConfig, meta["config"], "config")
+        if not isinstance(meta.get("lora", False), bool):
+            problems.append(f"lora: {_short(meta['lora'])} is not true or false")
+        if problems:
+            more = f"; ... ({len(problems) - 6} more)" if len(problems) > 6 else ""
+            raise CheckpointError(f"{file}: not a GPT4Video config: " + "; ".join(problems[:6]) + more)
+        return G4VConfig.from_dict(meta["config"]), meta["lora"]
 
     def load_trainable(self, directory: str | Path) -> None:
         """The trainable parts from `directory/gpt4video.safetensors`, strictly: every key of
-        `trainable_state_dict` with its shape, nothing else (tensors on the meta device get real ones)."""
+        `trainable_state_dict` with its shape and a floating-point dtype (converted to the model's: a float16
+        or bfloat16 file loads as float32), nothing else (tensors on the meta device get real ones)."""
         file = Path(directory) / "gpt4video.safetensors"
         try:
             state = load_file(str(file))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{file}: unreadable ({e})") from None
-        problems = state_problems(state, self.trainable_state_dict())
+        except (SafetensorError, OSError, ValueError, TypeError) as e:   # a bad header, a short file, ...
+            raise CheckpointError(f"{file}: unreadable ({' '.join(str(e).split()) or type(e).__name__})") from None
+        expected = self.trainable_state_dict()
+        problems = state_problems(state, expected)
+        not_float = [f"{k} ({str(t.dtype).removeprefix('torch.')})" for k, t in sorted(state.items())
+                     if k in expected and not t.is_floating_point()]
+        if not_float:
+            problems.append(f"wrong dtype: {shorten(not_float)}")
         if problems:
             raise CheckpointError(f"{file}: does not fit the model: " + "; ".join(problems))
+        state = {k: t.to(expected[k].dtype) for k, t in state.items()}
         self.load_state_dict(state, strict=False, assign=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, vision_path: str | Path, llama_path: str | Path,
                         dtype: torch.dtype = torch.float32) -> "GPT4Video":
-        """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`."""
+        """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`.
+        Every problem is one CheckpointError naming the file: a config that does not build a model or does
+        not match the frozen models' widths, a safetensors file that does not fit it."""
         cfg, lora = cls.read_config(directory)
-        with torch.device("meta"):                      # no random 7B copy: every tensor comes from a file
-            model = cls(cfg)
+        config_file = Path(directory) / "config.json"
+        try:
+            with torch.device("meta"):                  # no random 7B copy: every tensor comes from a file
+                model = cls(cfg)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:     # e.g. n_heads 0, a negative width
+            raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
         model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
         model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
+        widths = [(f"vision.{k}", getattr(cfg.vision, k), getattr(model.vision.cfg, k), vision_path)
+                  for k in ("dim", "image_size", "patch_size")] + [("llama.dim", cfg.llama.dim, model.llm.cfg.dim, llama_path)]
+        mismatch = [f"{name} {ours} != {theirs} in {path}" for name, ours, theirs, path in widths if ours != theirs]
+        if mismatch:
+            raise CheckpointError(f"{config_file}: does not match the frozen models: " + "; ".join(mismatch))
         if lora:
-            model.add_lora()
+            try:
+                model.add_lora()
+            except (ValueError, RuntimeError) as e:                     # e.g. LoRA rank 0
+                raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
         model.load_trainable(directory)                  # materialises the abstractor
         still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
         if still_meta:
             raise CheckpointError(f"{directory}: not initialised after loading: {still_meta[:5]}")
         model.requires_grad_(False)                      # inference; `set_stage` picks what trains
         return model.eval()
+
+
+# --- config.json, checked -------------------------------------------------------------------------
+
+CONFIG_KEYS = ("config", "lora")                         # what save_pretrained writes, and nothing else
+
+
+def config_problems(cls, d, where: str) -> list[str]:
+    """Why `d` is not the `to_dict()` of a `cls` config: ['config.llama.dim: "64" is not an int',
+    "config.llama.wat: unknown key", "config.vision: missing", ...], or [] when every field is there with
+    a value of its type and nothing else is. (G4VConfig.from_dict alone would fill a missing field with
+    the 7B default and keep a string where an int belongs.)"""
+    if not isinstance(d, dict):
+        return [f"{where}: {_short(d)} is not an object"]
+    types = typing.get_type_hints(cls)
+    problems = [f"{where}.{k}: unknown key" for k in d if k not in types]
+    for name, kind in types.items():
+        here = f"{where}.{name}"
+        if name not in d:
+            problems.append(f"{here}: missing")
+        elif dataclasses.is_dataclass(kind):
+            problems += config_problems(kind, d[name], here)
+        elif not _is_a(d[name], kind):
+            problems.append(f"{here}: {_short(d[name])} is not {TYPE_NAMES.get(kind, 'a list of strings')}")
+    return problems
+
+
+TYPE_NAMES = {bool: "true or false", int: "an int", float: "a finite number", str: "a string"}
+
+
+def _is_a(value, kind) -> bool:
+    """Whether a JSON value stands for a config field of type `kind`: bool, int, float, str or tuple[str, ...]."""
+    if kind in (bool, str):
+        return isinstance(value, kind)
+    if isinstance(value, bool):                          # JSON true is not the number 1
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    item = typing.get_args(kind)[0]                     # tuple[str, ...], written as a JSON list
+    return isinstance(value, list) and all(isinstance(v, item) for v in value)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -32,6 +32,12 @@ mostly follows prompt fidelity (a wrong prompt renders a different picture).
 concept check on the video) decide before the model runs; else the model's reply refuses or not; else
 any `<video>` prompt it wrote goes through the output-prompt check. Both the model alone (`model`) and
 the whole system (`system`, the numbers in the tables) are reported.
+
+**Bad input** is one line `error: <file or --flag>: <problem>`, exit status 2, before any model work where
+it can be seen then: `--limit` below 1, a `--json` path that is a directory or lies under a file, a held-out
+file that does not parse (`file:line`), a broken world.json or scenes.jsonl, a checkpoint that does not load.
+A held-out clip that cannot be decoded is not an error: the items about it are skipped, counted in the
+results (`"skipped"`, only when there are any) and named in one `note:` line.
 """
 from __future__ import annotations
 
@@ -49,9 +55,11 @@ from ..generate import SamplingConfig, generate
 from ..inference import prompt_embeddings, video_tokens
 from ..readers import read_jsonl, read_safety, read_videochat
 from ..safety import Lexicon, Safety, VideoChecker, vit_embedder
+from ..tokenizer import TokenizerError
 from ..toy.datasets import WorldError, is_refusal, read_world, write_world
 from ..toy.hazard import hazard_prompt, toy_hazard_checker
 from ..toy.world import parse_caption, toy_generate
+from ..video import VideoError, sample_frames
 from ..weights import CheckpointError
 from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
 
@@ -71,6 +79,43 @@ def held_out(data) -> dict[str, Path]:
             raise EvalError(f"{data / name}: missing (not a toy world with a held-out split; "
                             "write one with python -m nanog4v.toy --out DIR)")
     return {name.split("_heldout")[0]: data / name for name in FILES}
+
+
+def held_out_clips(files: dict[str, Path]) -> list[str]:
+    """Every clip the held-out files ask about. Reading all four files strictly here makes a malformed
+    one a single error (`file:line: problem`) before any model work."""
+    stage1 = list(read_videochat(files["stage1"], strict=True))
+    list(read_jsonl(files["stage2"], check_videos=False, strict=True))
+    list(read_safety(files["safety"], strict=True))
+    vu = list(read_jsonl(files["safety_video"], strict=True))
+    return sorted({v for r in stage1 + vu for v in r["videos"]})
+
+
+class Skips:
+    """Held-out items left out because a clip of theirs cannot be decoded: how many, and the first reason.
+    `unreadable` is {clip: why} (`unreadable_clips`)."""
+
+    def __init__(self, unreadable: dict[str, str]):
+        self.unreadable, self.n, self.first = unreadable, 0, None
+
+    def keep(self, videos: list[str]) -> bool:
+        """True for an item whose clips are all readable; False (and counted) for the others."""
+        bad = [v for v in videos if v in self.unreadable]
+        if bad:
+            self.n += 1
+            self.first = self.first or self.unreadable[bad[0]]
+        return not bad
+
+
+def unreadable_clips(clips: list[str], num_frames: int) -> dict[str, str]:
+    """{clip: why} for every clip that does not decode into `num_frames` frames (VideoError's one line)."""
+    bad = {}
+    for clip in clips:
+        try:
+            sample_frames(clip, num_frames)
+        except VideoError as e:
+            bad[clip] = str(e)
+    return bad
 
 
 @torch.no_grad()
@@ -96,21 +141,28 @@ def object_counts(data: Path) -> dict[str, int]:
     return {r["id"]: len(r["scene"]["objects"]) for r in read_world(data)[1]}
 
 
-def questions(path: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
+def questions(path: Path, limit: int | None, skips: Skips | None = None) -> tuple[list[dict], list[dict]]:
     """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
     {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not),
-    "objects": how many objects the clip shows (None outside a toy world)}."""
-    raw = json.loads(path.read_text())
+    "objects": how many objects the clip shows (None outside a toy world)}. Items about a clip `skips`
+    cannot read are left out (and counted there)."""
+    records = list(read_videochat(path, strict=True))
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:                        # records one per line: read_videochat takes them
+        raise EvalError(f"{path}: not one JSON list (the layout python -m nanog4v.toy writes)") from None
     counts = object_counts(path.parent)
     qa, captions = [], []
-    for obj, record in zip(raw, read_videochat(path, strict=True)):
+    for obj, record in zip(raw, records):
         for k, item in enumerate(obj["QA"]):
+            if not isinstance(item.get("type", ""), str) or not isinstance(item.get("phrasing", ""), (str, type(None))):
+                raise EvalError(f"{record['source']}: QA[{k}]: 'type' and 'phrasing' must be strings")
             j = 2 + 2 * k                                             # turns: video, (human, ai) × k
             entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
                      "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing"),
-                     "objects": counts.get(Path(obj["video"]).stem)}
+                     "objects": counts.get(Path(record["videos"][0]).stem)}
             bucket = captions if entry["type"] in ("description", "caption") else qa
-            if limit is None or len(bucket) < limit:
+            if (limit is None or len(bucket) < limit) and (skips is None or skips.keep(record["videos"])):
                 bucket.append(entry)
     return qa, captions
 
@@ -201,12 +253,15 @@ def system_stage(safety: Safety, text: str, video: str | None, reply: str) -> st
     return "output-prompt" if any(safety.check_prompt(p.text).flagged for p in prompts) else None
 
 
-def table4(model, tokenizer, files: dict, limit: int | None, safety: Safety) -> tuple[dict, list[dict]]:
+def table4(model, tokenizer, files: dict, limit: int | None, safety: Safety,
+           skips: Skips | None = None) -> tuple[dict, list[dict]]:
     """Safety, refusal = positive: VU (questions about clips, half of them showing the hazard sign) and
-    VG (text requests to show or tell harmful things, and benign ones near the same topics)."""
+    VG (text requests to show or tell harmful things, and benign ones near the same topics). Requests about
+    a clip `skips` cannot read are left out (and counted there)."""
     sets = {"vu": list(read_jsonl(files["safety_video"], strict=True)), "vg": list(read_safety(files["safety"], strict=True))}
     out, preds = {}, []
     for name, records in sets.items():
+        records = [r for r in records if skips is None or skips.keep(r["videos"])]
         if limit is not None and limit < len(records):   # a fixed random subset: the files list harmful clips first
             records = random.Random(0).sample(records, limit)
         convs = [{"videos": r["videos"], "turns": r["turns"][:len(r["videos"]) + 1]} for r in records]
@@ -226,21 +281,27 @@ def evaluate(ckpt, data=None, limit: int | None = None, log=print) -> tuple[dict
     ckpt = Path(ckpt)
     data = Path(data) if data is not None else default_world(ckpt, log)
     files = held_out(data)
+    clips = held_out_clips(files)
     torch.manual_seed(0)
     model, tokenizer = load_chat_model(ckpt)
     checker, note = toy_hazard_checker(model.vision)
     log(f"eval: {ckpt} on {data}; input-video check: {note}")
     safety = Safety(lexicon=Lexicon(), video=VideoChecker(checker), prompt_concepts=hazard_prompt)
-    qa, captions = questions(files["stage1"], limit)
+    skips = Skips(unreadable_clips(clips, model.cfg.num_frames))
+    qa, captions = questions(files["stage1"], limit, skips)
     results, preds = {"ckpt": str(ckpt), "data": str(data)}, []
     for name, run in (("Table 1", lambda: table1(model, tokenizer, qa)),
                       ("Table 2", lambda: table2(model, tokenizer, captions)),
                       ("Table 3", lambda: table3(model, tokenizer, files["stage2"], limit)),
-                      ("Table 4", lambda: table4(model, tokenizer, files, limit, safety))):
+                      ("Table 4", lambda: table4(model, tokenizer, files, limit, safety, skips))):
         log(f"eval: {name} ...")
         summary, p = run()
         results.update(summary)
         preds += p
+    if skips.n:
+        results["skipped"] = skips.n
+        log(f"note: skipped {skips.n} held-out item{'s' * (skips.n > 1)} whose clip cannot be read "
+            f"(the first: {skips.first})")
     return results, preds
 
 
@@ -248,8 +309,15 @@ def default_world(ckpt: Path, log) -> Path:
     """CKPT/toyworld, rendered from the seed in CKPT/stage0.json (as train.py does) when it is missing."""
     world = ckpt / "toyworld"
     if not (world / "world.json").is_file():
-        meta = ckpt / "stage0.json"
-        seed = json.loads(meta.read_text()).get("seed", 0) if meta.is_file() else 0
+        meta, seed = ckpt / "stage0.json", 0
+        if meta.is_file():
+            try:
+                summary = json.loads(meta.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise EvalError(f"{meta}: not valid JSON ({e})") from None
+            seed = summary.get("seed", 0) if isinstance(summary, dict) else None
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise EvalError(f"{meta}: not a stage-0 summary with a seed (an int >= 0)")
         log(f"eval: rendering the toy world of {ckpt} (seed {seed}) into {world}")
         write_world(world, n=2000, seed=seed, force=True)
     return world
@@ -292,23 +360,52 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def check_args(args) -> None:
+    """--limit at least 1, and --json (and predictions.jsonl beside it) a file that can be written: not a
+    directory, not under a file. One EvalError before any work."""
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit: must be an int >= 1, not {args.limit}")
+    if args.json is None:
+        return
+    predictions = args.json.parent / "predictions.jsonl"
+    if args.json.name == predictions.name:
+        raise EvalError(f"--json: {args.json} would be overwritten by the predictions.jsonl written beside it")
+    for out in (args.json, predictions):
+        if out.is_dir():
+            raise EvalError(f"--json: {out} is a directory, not a file")
+    for parent in args.json.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EvalError(f"--json: {parent} is a file, not a directory")
+            break
+
+
+def write_results(path: Path, results: dict, preds: list[dict]) -> None:
+    """`path` (the results) and predictions.jsonl beside it, each written whole to a temp file first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, text in ((path, json.dumps(results, indent=1) + "\n"),
+                         (path.parent / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in preds))):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m nanog4v.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
     p.add_argument("--data", type=Path, help="a toy world directory (default: CKPT/toyworld)")
     p.add_argument("--json", type=Path, help="write the results here (predictions.jsonl beside it)")
-    p.add_argument("--limit", type=int, help="at most this many items per table (default: all)")
+    p.add_argument("--limit", type=int, help="at most this many items per table (default: all; at least 1)")
     args = p.parse_args(argv)
     try:
+        check_args(args)
         results, preds = evaluate(args.ckpt, args.data, args.limit, log=lambda m: print(m, file=sys.stderr))
-    except (EvalError, ChatError, CheckpointError, DataError, WorldError, OSError) as e:
+        print(markdown(results))
+        if args.json:
+            write_results(args.json, results, preds)
+    except (EvalError, ChatError, CheckpointError, TokenizerError, DataError, WorldError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-        (args.json.parent / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     return 0
 
 

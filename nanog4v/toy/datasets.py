@@ -430,16 +430,43 @@ def write_world(out, n: int, seed: int, frames: int = 8, size: int = 64, fps: fl
     return {"clips": n, **written}
 
 
+SCENE_KEYS = ("id", "split", "hazard", "scene", "caption", "labels")     # of every scenes.jsonl row
+
+
 def read_world(world_dir) -> tuple[dict, list[dict]]:
-    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows."""
+    """world.json (written last: its absence means an incomplete world) and the scenes.jsonl rows, each an
+    object with every key of SCENE_KEYS; anything else is one WorldError naming the file (and the line)."""
     world_dir = Path(world_dir)
     meta, scenes = world_dir / "world.json", world_dir / "scenes.jsonl"
     if not meta.is_file():
         raise WorldError(f"{meta}: missing (not a complete toy world; python -m nanog4v.toy --out DIR)")
     try:
-        return json.loads(meta.read_text()), [json.loads(line) for line in scenes.read_text().splitlines() if line]
-    except (OSError, json.JSONDecodeError) as e:
+        world = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WorldError(f"{meta}: unreadable ({e})") from None
+    if not isinstance(world, dict):
+        raise WorldError(f"{meta}: unreadable (not a JSON object)")
+    try:
+        lines = scenes.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
         raise WorldError(f"{scenes}: unreadable ({e})") from None
+    return world, [_scene_row(scenes, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def _scene_row(scenes: Path, n: int, line: str) -> dict:
+    """Line n of scenes.jsonl: an object with every key of SCENE_KEYS, or a WorldError naming the file and line."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise WorldError(f"{scenes}: unreadable (line {n}: not valid JSON: {getattr(e, 'msg', e)})") from None
+    if not isinstance(row, dict):
+        raise WorldError(f"{scenes}: unreadable (line {n}: not a JSON object)")
+    absent = [k for k in SCENE_KEYS if k not in row]
+    if absent:
+        raise WorldError(f"{scenes}: unreadable (line {n}: no {', '.join(map(repr, absent))})")
+    if not isinstance(row["id"], str) or not isinstance(row["scene"], dict) or not isinstance(row["scene"].get("objects"), list):
+        raise WorldError(f"{scenes}: unreadable (line {n}: 'id' is not a string or 'scene' has no 'objects' list)")
+    return row
 
 
 # --- the command line: python -m nanog4v.toy -----------------------------------------------------------
