@@ -373,6 +373,8 @@ def write_video(path, frames: np.ndarray, fps: float) -> Path:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             stream.thread_count = 1  # x264's threads make the bytes depend on machine load; one keeps files reproducible
+            stream.codec_context.options = {"x264-params": "mbtree=0"}  # its macroblock tree reads memory it never
+            # wrote on clips shorter than its look-ahead: the bytes then varied from process to process
             for image in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())  # flush the encoder's delayed frames
