@@ -62,7 +62,7 @@ from nanog4v.model import GPT4Video
 from nanog4v.readers import read_records
 from nanog4v.tokenizer import Tokenizer, TokenizerError
 from nanog4v.toy import recipe
-from nanog4v.toy.datasets import WorldError
+from nanog4v.toy.worlddir import WorldError
 from nanog4v.toy.recipe import RecipeError
 from nanog4v.toy.stage0 import Stage0Error
 from nanog4v.plots import plot_losses

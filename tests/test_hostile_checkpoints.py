@@ -23,7 +23,7 @@ from nanog4v.eval import tables
 from nanog4v.model import GPT4Video
 from nanog4v.safetensors_io import CheckpointError
 from nanog4v.t2v import T2VError, load_generator
-from nanog4v.toy.datasets import write_world
+from nanog4v.toy.worlddir import write_world
 from nanog4v.weights import load_llama, load_vision
 
 spec = importlib.util.spec_from_file_location("chat_script_hostile", ROOT / "chat.py")

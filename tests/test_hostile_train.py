@@ -21,7 +21,7 @@ import torch
 from conftest import ROOT, train_args
 from nanog4v.data import DataError, SkipCounter
 from nanog4v.readers import read_records, sniff_format
-from nanog4v.toy import datasets
+from nanog4v.toy import worlddir
 from nanog4v.toy.recipe import plot_recipe
 from nanog4v.trainer import TrainError, read_log, save_checkpoint
 
@@ -492,7 +492,7 @@ def test_toy_world_fps_is_checked_before_anything_is_written(tmp_path, capsys, f
     if force:                                                          # --force must not empty it first
         out.mkdir()
         (out / "world.json").write_text("{}")
-    assert datasets.main(["--out", str(out), "--n", "10", f"--fps={fps}", "--quiet", *(["--force"] if force else [])]) == 2
+    assert worlddir.main(["--out", str(out), "--n", "10", f"--fps={fps}", "--quiet", *(["--force"] if force else [])]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {out}: need 0 < --fps <= 1000 (got {float(fps)})\n", err
     if force:

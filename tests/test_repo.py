@@ -118,7 +118,7 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_the_import_graph_is_read_right():
     graph = import_graph()
     assert "nanog4v.toy.world" in graph["nanog4v.toy.datasets"]          # from .world import ...
-    assert "nanog4v.data" in graph["nanog4v.toy.datasets"]               # from ..data import SYSTEM
+    assert "nanog4v.data" in graph["nanog4v.toy.worlddir"]               # from ..data import SYSTEM
     assert "nanog4v.t2v" in graph["nanog4v.toy.generator"]               # from .. import t2v
     assert "nanog4v.model" in graph["nanog4v.assistant"] and "nanog4v.toy" not in graph["nanog4v.assistant"]
     assert len(graph) >= 35

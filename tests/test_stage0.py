@@ -17,7 +17,7 @@ from nanog4v.toy.stage0 import Stage0Error, Stage0Settings, encode_document, pre
 from nanog4v.toy.stage0_reading import EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, frame, loosen, reading_documents
 from nanog4v.toy.stage0_vision import attribute_accuracy, hazard_separation, patch_targets
 from nanog4v.tokenizer import Tokenizer
-from nanog4v.toy.datasets import WorldError, write_world
+from nanog4v.toy.worlddir import WorldError, write_world
 from nanog4v.toy.phrases import PHRASINGS
 from nanog4v.toy.world import COLOURS, SHAPES, Scene, Thing, render
 from nanog4v.vision import VisionTransformer

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_tokenizer
-from nanog4v.toy import datasets, world as toy_world
+from nanog4v.toy import datasets, worlddir, world as toy_world
 from nanog4v.config import preset
 from nanog4v.data import SkipCounter, encode_conversation
 from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
-from nanog4v.toy.datasets import NUMBERS, describe, is_refusal, request_phrase, write_world
+from nanog4v.toy.datasets import NUMBERS, describe, is_refusal, request_phrase
+from nanog4v.toy.worlddir import write_world
 from nanog4v.toy.world import (MOTIONS, Scene, Thing, caption, complete, heldout_pairs,
                               parse_caption, render, sample_scene)
 from nanog4v.video import sample_frames
@@ -197,7 +198,7 @@ def test_every_reader_reads_everything_and_every_record_encodes(world, tmp_path)
                                vocab_size=600)
     readers = {"stage1": read_videochat, "stage2": read_dialogues, "safety": read_safety}
     total = 0
-    for name in sorted(datasets.LAYOUT):
+    for name in sorted(worlddir.LAYOUT):
         stem = name.rsplit(".", 1)[0]
         reader = read_jsonl if stem.startswith("safety_video") else readers.get(stem.split("_")[0])
         if reader is None:
@@ -288,16 +289,16 @@ def test_stage2_videos_show_the_requested_scene(world):
 
 def test_world_is_deterministic_and_cli_is_careful(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "again"
-    assert datasets.main(["--out", str(out), "--n", str(N), "--seed", str(SEED), "--quiet"]) == 0
-    for name in datasets.LAYOUT:
+    assert worlddir.main(["--out", str(out), "--n", str(N), "--seed", str(SEED), "--quiet"]) == 0
+    for name in worlddir.LAYOUT:
         assert out.joinpath(name).read_bytes() == world.joinpath(name).read_bytes(), name
-    assert datasets.main(["--out", str(out), "--n", "10", "--seed", "0", "--quiet"]) == 2
+    assert worlddir.main(["--out", str(out), "--n", "10", "--seed", "0", "--quiet"]) == 2
     assert "error:" in capsys.readouterr().err and json.loads((out / "world.json").read_text())["n"] == N
-    assert datasets.main(["--out", str(tmp_path / "small"), "--n", "5", "--quiet"]) == 2
+    assert worlddir.main(["--out", str(tmp_path / "small"), "--n", "5", "--quiet"]) == 2
 
     def broken(path, frames, fps):                   # dies while rendering, after the old world is gone
         raise KeyboardInterrupt
-    monkeypatch.setattr(datasets, "write_video", broken)
+    monkeypatch.setattr(worlddir, "write_video", broken)
     with pytest.raises(KeyboardInterrupt):
-        datasets.main(["--out", str(out), "--n", "10", "--seed", "0", "--force", "--quiet"])
+        worlddir.main(["--out", str(out), "--n", "10", "--seed", "0", "--force", "--quiet"])
     assert not (out / "world.json").exists() and not (out / "stage1_train.json").exists()

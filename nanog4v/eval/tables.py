@@ -56,7 +56,8 @@ from ..inference import prompt_embeddings, video_tokens
 from ..readers import read_jsonl, read_safety, read_videochat
 from ..safety import Lexicon, Safety, VideoChecker, vit_embedder
 from ..tokenizer import TokenizerError
-from ..toy.datasets import WorldError, is_refusal, read_world, write_world
+from ..toy.datasets import is_refusal
+from ..toy.worlddir import WorldError, read_world, write_world
 from ..toy.hazard import hazard_prompt, toy_hazard_checker
 from ..toy.world import parse_caption, toy_generate
 from ..video import VideoError, sample_frames

@@ -30,7 +30,7 @@ from ..readers import read_records
 from ..plots import plot_losses
 from ..trainer import read_log
 from ..weights import load_vision
-from .datasets import write_world
+from .worlddir import write_world
 from .stage0 import run_stage0
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"

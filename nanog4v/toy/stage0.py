@@ -63,7 +63,7 @@ from ..readers import read_dialogues, read_safety, read_videochat
 from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
-from .datasets import WorldError, read_world
+from .worlddir import WorldError, read_world
 from .stage0_reading import reading_documents, with_caption
 from .stage0_vision import pretrain_vision
 

@@ -38,7 +38,7 @@ from ..config import VisionConfig
 from ..trainer import lr_at, make_optimizer
 from ..video import sample_frame_indices, sample_frames
 from ..vision import VisionTransformer, preprocess
-from .datasets import WorldError, read_world
+from .worlddir import WorldError, read_world
 from .world import MASKS, Scene, object_coordinates
 
 
