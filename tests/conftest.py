@@ -37,6 +37,27 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny shapes on a shared 2-core machine: one thread is faster than two fighting another job (and gives
+    the same numbers). A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Evil:
+    """Unpickling this makes a directory: what an untrusted pickle could do instead."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+        return os.makedirs, (str(self.target),)
+
+
 def train_tiny_tokenizer(path: Path, lines, vocab_size: int = 400, **options):
     """A SentencePiece model trained inside a test, with LLaMA's settings (BPE, byte fallback, identity
     normalisation, spaces kept, <unk>=0 <s>=1 </s>=2, no pad piece); `options` override them."""

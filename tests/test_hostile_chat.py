@@ -30,12 +30,7 @@ CHAT = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(CHAT)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_chat(capsys, monkeypatch, argv, stdin=None):

@@ -10,7 +10,6 @@ input is made here from the session's tiny checkpoint and a ten-clip toy world; 
 """
 import importlib.util
 import json
-import os
 import pickle
 import shutil
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT
+from conftest import Evil, ROOT
 from nanog4v.eval import tables
 from nanog4v.model import GPT4Video
 from nanog4v.safetensors_io import CheckpointError
@@ -33,12 +32,7 @@ spec.loader.exec_module(CHAT)
 TRAINABLE, CONFIG = "stage2/gpt4video.safetensors", "stage2/config.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +50,6 @@ def checkpoint(tiny_ckpt, where):
         (where / name).symlink_to(tiny_ckpt / name)
     shutil.copytree(tiny_ckpt / "stage2", where / "stage2")
     return where
-
-
-class Evil:
-    """Unpickling this makes a directory: what an untrusted pickle could do instead."""
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return os.makedirs, (str(self.target),)
 
 
 # --- ways to damage stage2/: each takes the checkpoint directory ---------------------------------------

@@ -13,13 +13,7 @@ from nanog4v.toy.world import complete, parse_caption, render
 from nanog4v.video import sample_frames
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: two threads fighting another job make tiny UNet steps 30× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_clip_parts(tmp_path):

@@ -36,13 +36,7 @@ CFG = preset("test")
 LOG_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is faster than two fighting over a busy 2-core machine (and the same numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
