@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -87,14 +86,10 @@ class Fail(Exception):
 
 def check_numbers(args) -> None:
     """Every number flag finite and in its range (NUMBER_FLAGS), --t2v-size two positive numbers."""
-    for name, (low, high, low_ok) in NUMBER_FLAGS.items():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < low or value == low and not low_ok or high is not None and value > high:
-            allowed = (f"from {low} to {high}" if high is not None and low_ok else f"in ({low}, {high}]"
-                       if high is not None else f"{'>=' if low_ok else '>'} {low}")
-            raise Fail(f"--{name.replace('_', '-')}: must be a finite number {allowed}, not {value}")
+    from nanog4v.cli import number_flag_problem
+    problem = number_flag_problem(args, NUMBER_FLAGS)
+    if problem:
+        raise Fail(problem)
     try:
         args.t2v_width, args.t2v_height = (int(v) for v in args.t2v_size.lower().split("x"))
     except ValueError:
@@ -105,14 +100,13 @@ def check_numbers(args) -> None:
 
 def check_args(args) -> None:
     """Everything that can be checked before torch is imported: numbers, text, files, directories."""
+    from nanog4v.cli import file_in_the_way
     from nanog4v.t2v import T2VError, check_pipeline_dir
     from nanog4v.video import VideoError, sample_frames
     check_numbers(args)
-    for path in [args.out, *args.out.parents]:
-        if path.exists():
-            if not path.is_dir():
-                raise Fail(f"--out: {path} is a file, not a directory")
-            break
+    in_the_way = file_in_the_way(args.out)
+    if in_the_way:
+        raise Fail(f"--out: {in_the_way} is a file, not a directory")
     for i, text in enumerate(args.prompt, start=1):
         if not is_utf8(text):
             raise Fail(f"--prompt {i}: not UTF-8 text")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -54,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from nanog4v.abstractor import build_abstractor
+from nanog4v.cli import file_in_the_way, number_flag_problem
 from nanog4v.config import PRESETS, G4VConfig, preset
 from nanog4v.data import ConversationDataset, DataError
 from nanog4v.inference import reply_accuracy
@@ -133,18 +133,12 @@ NUMBER_FLAGS = {  # flag: (lowest, highest, whether the lowest itself is allowed
 
 def check_args(args) -> None:
     """Every number flag finite and in its range, --out not a file: one TrainError before any work."""
-    for name, (low, high, low_ok) in NUMBER_FLAGS.items():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < low or value == low and not low_ok or high is not None and value > high:
-            allowed = (f"from {low} to {high}" if high is not None else f"{'>=' if low_ok else '>'} {low}")
-            raise TrainError(f"--{name.replace('_', '-')}: must be a finite number {allowed}, not {value}")
-    for path in [args.out, *args.out.parents] if args.out is not None else []:
-        if path.exists():
-            if not path.is_dir():
-                raise TrainError(f"--out: {path} is a file, not a directory")
-            break
+    problem = number_flag_problem(args, NUMBER_FLAGS)
+    if problem:
+        raise TrainError(problem)
+    in_the_way = file_in_the_way(args.out) if args.out is not None else None
+    if in_the_way:
+        raise TrainError(f"--out: {in_the_way} is a file, not a directory")
 
 
 # --- paths and settings ----------------------------------------------------------------------------

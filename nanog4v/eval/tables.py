@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from ..assistant import ChatError, extract_video_prompts, load_chat_model
+from ..cli import file_in_the_way
 from ..data import STOP_STRINGS, DataError, clean_reply
 from ..generate import SamplingConfig, generate
 from ..inference import prompt_embeddings, video_tokens
@@ -374,11 +375,9 @@ def check_args(args) -> None:
     for out in (args.json, predictions):
         if out.is_dir():
             raise EvalError(f"--json: {out} is a directory, not a file")
-    for parent in args.json.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EvalError(f"--json: {parent} is a file, not a directory")
-            break
+    in_the_way = file_in_the_way(args.json.parent)
+    if in_the_way:
+        raise EvalError(f"--json: {in_the_way} is a file, not a directory")
 
 
 def write_results(path: Path, results: dict, preds: list[dict]) -> None:
