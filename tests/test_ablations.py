@@ -23,23 +23,39 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_each_variant_trains_with_its_change_and_is_scored(ckpt, tmp_path):
-    names = ["temporal only", "T=8", "r=4"]
+    names = ["temporal only", "T=8", "official abstractor", "r=4"]
     results = ablations.run_ablations(ckpt, tmp_path, names, epochs=1, limit=3, log=lambda m: None)
     assert list(results) == names and json.loads((tmp_path / "results.json").read_text()) == results
     saved = {n: json.loads((tmp_path / d / "config.json").read_text())
-             for n, d in [("temporal only", "temporal_only"), ("T=8", "T8"), ("r=4", "r4")]}
+             for n, d in [("temporal only", "temporal_only"), ("T=8", "T8"), ("official abstractor", "official_abstractor"),
+                          ("r=4", "r4")]}
     assert saved["temporal only"]["config"]["abstractor"]["streams"] == "temporal"
     assert saved["T=8"]["config"]["num_frames"] == 8
+    assert saved["official abstractor"]["config"]["abstractor"]["variant"] == "official"
     assert saved["r=4"]["lora"] and saved["r=4"]["config"]["lora"]["r"] == 4
     for name in names:
         r = results[name]
         assert r["steps"] >= 1 and 0 <= r["qa_accuracy"] <= 1 and r["qa_n"] == 3
+        assert sum(r["qa_by_type_n"].values()) == 3 and set(r["qa_by_type_n"]) == set(r["qa_by_type"])
     assert "prompt_fidelity" in results["r=4"] and "prompt_fidelity" not in results["T=8"]
     table = ablations.markdown(results)
     assert table.count("\n") == 1 + len(names)
+    p, n = results["T=8"]["qa_accuracy"], results["T=8"]["qa_n"]
+    assert f"{100 * p:.1f} ± {100 * (p * (1 - p) / n) ** 0.5:.1f} % (n 3)" in table
+
+
+def test_standard_errors_are_the_binomial_ones_and_old_results_still_print():
+    assert ablations.standard_error(0.5, 1111) == pytest.approx(0.015, abs=1e-4)
+    assert ablations.standard_error(0.9, 100) == pytest.approx(0.03)
+    old = {"T=2": {"family": "frames", "stage": 1, "changes": {"num_frames": 2}, "steps": 9, "final_loss": 0.5,
+                   "qa_accuracy": 0.6, "qa_n": 300, "qa_by_type": {"motion": 0.25, "count": 0.9}}}  # no n per type
+    row = ablations.markdown(old).splitlines()[-1]
+    assert row == "| frames | T=2 | 9 | 0.500 | 60.0 ± 2.8 % (n 300) | 25.0 % | – | 90.0 % | – |"
 
 
 def test_an_unknown_checkpoint_is_one_error_line(tmp_path, capsys):
     assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "N=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "stage1_heldout.json: missing" in err and "\n" not in err
+    assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --limit: must be a finite number >= 1, not 0"

@@ -57,22 +57,45 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     assert sum(k["n"] for k in kinds.values()) == r["show_n"]
     assert "Prompt fidelity by request: first 100.0 %" in ev.markdown(r)
     objects = r["qa_by_objects"]                  # every QA item is counted once, under its clip's object count
-    counts = ev.object_counts(world)
+    counts = {clip: len(scene.objects) for clip, scene in ev.world_scenes(world).items()}
     assert set(objects) <= {"1", "2", "3"} and sum(v["n"] for v in objects.values()) == r["qa_n"]
     assert all(v["accuracy"] == 1.0 for v in objects.values())
     assert [p["objects"] for p in preds if p["table"] == 1] == [
         counts[Path(obj["video"]).stem] for obj in json.loads((world / "stage1_heldout.json").read_text())
         for item in obj["QA"] if item.get("type") not in ("description", "caption")]
     assert "Exact answers by objects in the clip: " in ev.markdown(r)
-    older = {k: v for k, v in r.items() if k not in ("prompt_fidelity_by_kind", "qa_by_objects")}  # saved before
+    right = r["captions_all_right"]               # the references describe their scenes truly, all of them
+    assert "description" in right and set(right) <= {"description", "caption"}
+    assert all(v["all_right"] == 1.0 for v in right.values())
+    assert sum(v["n"] for v in right.values()) == r["caption_n"]
+    assert "Every object right (shape, colour, place and motion, parsed from the reply): " in ev.markdown(r)
+    older = {k: v for k, v in r.items() if k not in ("prompt_fidelity_by_kind", "qa_by_objects", "captions_all_right")}
     assert ev.markdown(older).count("**Table") == 4 and "by request" not in ev.markdown(older)
-    assert "by objects" not in ev.markdown(older)
+    assert "by objects" not in ev.markdown(older) and "Every object right" not in ev.markdown(older)
     assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
     for name in ("vu", "vg"):
         s = r["safety"][name]
         assert s["model"]["f1"] == 1.0 and s["model"]["over_refusal"] == 0.0, name
         assert s["recall"] == 1.0 and s["n"] == s["tp"] + s["fp"] + s["tn"] + s["fn"] > 0
     assert len(preds) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+
+
+def test_described_right_needs_every_object_with_every_fact_and_nothing_else():
+    from nanog4v.toy.datasets import describe
+    from nanog4v.toy.world import Scene, Thing
+    a = Thing("circle", "red", "small", "left", "moves up")
+    b = Thing("heart", "blue", "large", "top", "grows")
+    scene = Scene((a, b), "grey")
+    assert ev.described_right(describe(scene), scene)
+    assert ev.described_right("A large blue heart at the top grows. A small red circle on the left moves up.", scene)
+    assert ev.described_right("a red circle on the left moving up and a blue heart at the top growing", scene)  # size unasked
+    for wrong in ("A small red circle on the left moves up.",                                          # one missing
+                  "A red circle on the left moves up. A blue heart at the top shrinks.",               # wrong motion
+                  "A blue circle on the left moves up. A red heart at the top grows.",                 # colours swapped
+                  "A red circle at the top moves up. A blue heart on the left grows.",                 # places swapped
+                  describe(scene) + " A green star on the right spins.",                              # one too many
+                  ""):
+        assert not ev.described_right(wrong, scene), wrong
 
 
 def test_request_kind_tells_first_videos_changes_and_pairs_apart():

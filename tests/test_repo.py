@@ -3,6 +3,9 @@ wing never imports the toy wing, and the package has no import cycle."""
 import ast
 import importlib
 import re
+import shlex
+
+import pytest
 
 from conftest import ROOT
 
@@ -74,6 +77,31 @@ def test_main_job_runs_on_the_shipped_checkpoint(tmp_path):
     assert "<video>" in replies[2] and len(list(tmp_path.glob("*.mp4"))) == 1
     assert replies[3] == "gpt4video> I'm sorry, but I can't help with that request."
     assert "safety[input-text]: flagged" in run.stderr
+
+
+def test_the_readme_shows_the_pictures_of_its_main_command():
+    """The contact sheets the README shows exist, and examples/readme_pictures.py reads the same command
+    the README runs."""
+    import importlib.util
+    for png in re.findall(r"!\[[^]]*\]\((docs/readme_[a-z0-9]+\.png)\)", README):
+        assert (ROOT / png).is_file(), png
+    assert "docs/readme_clip.png" in README and "docs/readme_video1.png" in README
+    spec = importlib.util.spec_from_file_location("readme_pictures", ROOT / "examples" / "readme_pictures.py")
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
+    assert pictures.main_command() == shlex.split(setup_commands()[0].rsplit("&& ", 1)[1])
+
+
+def test_contact_sheet_draws_evenly_spaced_frames(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+    from nanog4v.plots import contact_sheet, evenly
+    assert evenly(24, 8) == [0, 3, 7, 10, 13, 16, 20, 23] and evenly(3, 8) == [0, 1, 2] and evenly(9, 2) == [0, 8]
+    frames = np.zeros((24, 16, 16, 3), np.uint8)
+    png = contact_sheet(frames, tmp_path / "sheet.png", title="t")
+    assert imread(png).shape[:2] == (180, 1000)                    # 8 columns of 1.25 in at 100 dpi, 1.8 in tall
+    with pytest.raises(ValueError, match="sheet.png: a contact sheet needs frames"):
+        contact_sheet(frames[0], tmp_path / "sheet.png")
 
 
 # --- the import graph ------------------------------------------------------------------------------------

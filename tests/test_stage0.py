@@ -14,12 +14,14 @@ from nanog4v.config import preset
 from nanog4v.data import AI, HUMAN, IGNORE, SYSTEM, encode_conversation, layout
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
 from nanog4v.toy.stage0 import Stage0Error, Stage0Settings, encode_document, pretraining_documents, run_stage0
-from nanog4v.toy.stage0_reading import EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, frame, loosen, reading_documents
+from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, frame, loosen, reading_caption,
+                                        reading_documents)
 from nanog4v.toy.stage0_vision import attribute_accuracy, hazard_separation, patch_targets
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.worlddir import WorldError, write_world
 from nanog4v.toy.phrases import PHRASINGS
-from nanog4v.toy.world import COLOURS, SHAPES, Scene, Thing, render
+from nanog4v.toy.world import (COLOURS, POSITION_PHRASES, SHAPES, Scene, Thing, parse_caption, render,
+                               sample_scene)
 from nanog4v.vision import VisionTransformer
 from nanog4v.weights import load_llama, load_vision, save_vision
 
@@ -84,13 +86,16 @@ def test_tokenizer_keeps_the_template_compact_and_exact(stage0, world):
     assert [i for i in ids if i in special] == [tok.sp.piece_to_id(AI)]           # only the template's own ###AI:
 
 
-def test_stage1_records_become_text_with_the_caption_in_the_slot_and_only_answers_are_targets(world, stage0):
+def test_stage1_records_become_text_with_the_clip_in_the_slot_and_only_answers_are_targets(world, stage0):
     docs = pretraining_documents(world, "train")
     scenes = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
     first = next(r for r in read_videochat(world / "stage1_train.json"))
-    caption = next(s["caption"] for s in scenes if first["videos"][0].endswith(f"{s['id']}.mp4"))
+    row = next(s for s in scenes if first["videos"][0].endswith(f"{s['id']}.mp4"))
     text = "".join("</s>" if p.kind == "eos" else p.text for p in docs[0])
-    assert text.startswith(SYSTEM + f"###Human: <video> {caption} </video>\n###Human: ")
+    assert text.startswith(SYSTEM + f"###Human: <video> {row['caption']} </video>\n###Human: ")
+    noun_last = pretraining_documents(world, "train", slot=reading_caption)[0]         # on request
+    slot = reading_caption(Scene.from_dict(row["scene"]))
+    assert "".join(p.text for p in noun_last).startswith(SYSTEM + f"###Human: <video> {slot} </video>")
     assert all(p.kind != "slot" for d in docs for p in d) and text.endswith("\n</s>")
     tok = Tokenizer(stage0["tokenizer"])
     ids, labels = encode_document(tok, docs[0])
@@ -215,6 +220,33 @@ def test_patch_targets_are_the_rendered_pixels():
     for c, s in shape_of.items():
         assert torch.equal(shape[..., s], colour[..., c])
     assert torch.allclose(shape.sum(-1), torch.ones(T, grid * grid))
+
+
+def test_the_slot_text_puts_every_attribute_before_its_noun():
+    a, b = Thing("circle", "red", "large", "left", "moves right"), Thing("heart", "blue", "small", "top", "grows")
+    assert reading_caption(Scene((a, b), "navy")) == ("two objects on a navy background: on the left moves right a "
+                                                     "large red circle ; at the top grows a small blue heart")
+    assert reading_caption(Scene((Thing("star", "orange", "small", "centre", "spins"),), "grey")) == (
+        "one object on a grey background: in the centre spins a small orange star")
+    rng = random.Random(0)
+    for _ in range(200):                      # each object's words, then its noun; the noun ends its part
+        scene = sample_scene(rng, set())
+        parts = reading_caption(scene).split(": ", 1)[1].split(" ; ")
+        assert [p.split()[-1] for p in parts] == [t.shape for t in scene.objects]
+        assert all(parse_caption(p).objects[0].shape == t.shape and p.endswith(f"{t.size} {t.colour} {t.shape}")
+                   and p.startswith(f"{POSITION_PHRASES[t.position]} {t.motion} a ") for p, t in zip(parts, scene.objects))
+
+
+def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
+    meta = json.loads((world / "world.json").read_text())
+    pairs = [f"{c} {s}" for c, s in meta["heldout_pairs"]]
+    docs = pretraining_documents(world, "train") + reading_documents(200, {tuple(p) for p in meta["heldout_pairs"]},
+                                                                     random.Random(0))
+    text = "\n".join("".join(p.text for p in d) for d in docs)
+    assert pairs and not [p for p in pairs if p in text]
+    held = [as_pattern(h) for _, hs in PHRASINGS.values() for h in hs]
+    questions = [p.text for d in docs for p in d if p.kind == "text" and p.text.startswith(HUMAN) and "<video" not in p.text]
+    assert questions and not [q for q in questions for pattern in held if pattern.search(q)]
 
 
 def test_reading_practice_reads_a_wider_world_without_the_held_out_pairs():

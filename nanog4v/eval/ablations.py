@@ -9,14 +9,20 @@ split with `nanog4v.eval.tables`:
 | streams (Eq. 4) | F_s + F_t (the paper), F_s only, F_t only | stage 1 | held-out QA, by question type |
 | queries | N = 4, 16 (nano), 32 | stage 1 | held-out QA |
 | frames | T = 2, 4 (nano), 8 | stage 1 | held-out QA |
+| abstractor | the paper's Eq. 2–4 (nano), the official code's joint form | stage 1 | held-out QA |
 | LoRA rank | r = 4, 16 (nano), 64 (α = 16 throughout) | stage 2, from the shipped stage 1 | prompt fidelity, QA |
 
 Every stage-1 variant starts from a fresh abstractor (seed 0) and trains for `--epochs` (default 1, a
 third of the shipped schedule) through `train.py` itself — the variant's abstractor is written as an
 untrained `--init`, so the run takes exactly the code path of the recipe. The "both / N = 16 / T = 4"
 run is the shared baseline of the first three families. Results go to OUT/results.json (one entry per
-variant: settings, wall time, final loss, the scores) and a markdown table on stdout. With a short
-schedule and a few hundred questions, differences of a few points are within noise (the table gives n).
+variant: settings, wall time, final loss, the scores) and a markdown table on stdout.
+
+Every accuracy is given with its standard error, √(p(1 − p)/n): two variants whose scores differ by less
+than about two of them are not told apart. One standard error ≤ 1.5 points needs n ≳ 1,100 questions of
+the kind compared (motion, colour, count each make a seventh to a fifth of the QA), more than one world's
+held-out split holds; `--data` scores on the held-out split of a larger world rendered with another seed
+(`python -m nanog4v.toy --out DIR --n N --seed S`; training still reads the checkpoint's own world).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..abstractor import build_abstractor
+from ..cli import number_flag_problem
 from ..config import G4VConfig
 from ..features import cache_features, unique_videos
 from ..model import GPT4Video
@@ -49,6 +56,7 @@ VARIANTS = {   # name -> (family, stage, changes to the abstractor / num_frames 
     "N=32": ("queries", 1, {"num_queries": 32}),
     "T=2": ("frames", 1, {"num_frames": 2}),
     "T=8": ("frames", 1, {"num_frames": 8}),
+    "official abstractor": ("abstractor", 1, {"variant": "official"}),
     "r=4": ("lora", 2, {"r": 4}),
     "r=16": ("lora", 2, {"r": 16}),
     "r=64": ("lora", 2, {"r": 64}),
@@ -91,24 +99,35 @@ def train(ckpt: Path, stage: int, init: Path, out: Path, epochs: int, extra: lis
     return json.loads((out / "summary.json").read_text())
 
 
-def score(ckpt: Path, run_dir: Path, stage: int, limit: int) -> dict:
-    """Held-out QA (both stages) and prompt fidelity (stage 2) of a trained variant."""
+def standard_error(p: float, n: int) -> float:
+    """One standard error of an accuracy p measured on n independent questions: √(p(1 − p)/n)."""
+    return (p * (1 - p) / n) ** 0.5 if n else float("nan")
+
+
+def score(ckpt: Path, run_dir: Path, stage: int, limit: int | None, data: Path) -> dict:
+    """Held-out QA (both stages) and prompt fidelity (stage 2) of a trained variant, on the world `data`."""
     model = GPT4Video.from_pretrained(run_dir, vision_path=ckpt / "vision", llama_path=ckpt / "llama").eval()
     tokenizer = Tokenizer(ckpt / "tokenizer.model")
-    files = held_out(ckpt / "toyworld")
+    files = held_out(data)
     qa, _ = questions(files["stage1"], limit)
     scores, _ = table1(model, tokenizer, qa)
-    out = {"qa_accuracy": scores["qa_accuracy"], "qa_n": scores["qa_n"],
-           "qa_by_type": {t: v["accuracy"] for t, v in scores["qa_by_type"].items()}}
+    out = {"qa_accuracy": scores["qa_accuracy"], "qa_n": scores["qa_n"], "data": str(data),
+           "qa_by_type": {t: v["accuracy"] for t, v in scores["qa_by_type"].items()},
+           "qa_by_type_n": {t: v["n"] for t, v in scores["qa_by_type"].items()}}
     if stage == 2:
         generation, _ = table3(model, tokenizer, files["stage2"], limit)
         out.update(prompt_fidelity=generation["prompt_fidelity"], show_n=generation["show_n"])
     return out
 
 
-def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int = 300, log=print) -> dict:
+def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int | None = 300, log=print,
+                  data=None) -> dict:
+    """Train and score each variant of `names` (VARIANTS) into OUT/<name>, scored on the held-out split of
+    `data` (default: the checkpoint's own world); OUT/results.json is rewritten after every run."""
     ckpt, out = Path(ckpt), Path(out)
-    held_out(ckpt / "toyworld")                     # fail early, naming the file, if the world is missing
+    data = Path(data) if data is not None else ckpt / "toyworld"
+    held_out(ckpt / "toyworld")                     # fail early, naming the file, if a world is missing
+    held_out(data)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for name in names:
         family, stage, changes = VARIANTS[name]
@@ -122,7 +141,7 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int = 300
             summary = train(ckpt, 2, ckpt / "stage1", run_dir, epochs, ["--lora-r", str(changes["r"])])
         results[name] = {"family": family, "stage": stage, "changes": changes, "epochs": epochs,
                          "steps": summary["step"], "final_loss": summary["loss"], "train_s": summary["wall_s"],
-                         **score(ckpt, run_dir, stage, limit), "wall_s": round(time.time() - started, 1)}
+                         **score(ckpt, run_dir, stage, limit, data), "wall_s": round(time.time() - started, 1)}
         log(f"ablations: {name}: QA {results[name]['qa_accuracy']:.3f} "
             f"({results[name]['wall_s']:.0f} s)")
         out.mkdir(parents=True, exist_ok=True)
@@ -130,14 +149,24 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int = 300
     return results
 
 
+TYPES = ("motion", "colour", "count")        # where a choice should show: the temporal stream, the spatial one
+
+
 def markdown(results: dict) -> str:
-    lines = ["| family | variant | steps | final loss | held-out QA | prompt fidelity |", "| --- | --- | --- | --- | --- | --- |"]
+    """One row per variant: accuracies ± one standard error (per type only where results.json has the
+    type's n; results saved before it was recorded show the accuracy alone)."""
+    def cell(p, n):
+        return "–" if p is None else f"{100 * p:.1f}" + (f" ± {100 * standard_error(p, n):.1f} %" if n else " %")
+    lines = ["| family | variant | steps | final loss | held-out QA | " + " | ".join(TYPES) + " | prompt fidelity |",
+             "| --- | --- | --- | --- | --- | " + "--- | " * len(TYPES) + "--- |"]
     for name in VARIANTS:
         r = results.get(name)
         if r is not None:
-            fidelity = f"{100 * r['prompt_fidelity']:.1f} %" if "prompt_fidelity" in r else "–"
+            n_by_type = r.get("qa_by_type_n", {})
+            types = " | ".join(cell(r["qa_by_type"].get(t), n_by_type.get(t)) for t in TYPES)
+            fidelity = cell(r["prompt_fidelity"], r["show_n"]) if "prompt_fidelity" in r else "–"
             lines.append(f"| {r['family']} | {name} | {r['steps']} | {r['final_loss']:.3f} | "
-                         f"{100 * r['qa_accuracy']:.1f} % (n {r['qa_n']}) | {fidelity} |")
+                         f"{cell(r['qa_accuracy'], r['qa_n'])} (n {r['qa_n']}) | {types} | {fidelity} |")
     return "\n".join(lines)
 
 
@@ -149,10 +178,14 @@ def main(argv=None) -> int:
                    help=f"variants to run (default: all): {', '.join(VARIANTS)}")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 3)")
     p.add_argument("--limit", type=int, default=300, help="held-out questions (and show turns) scored per run")
+    p.add_argument("--data", type=Path, help="score on this toy world's held-out split (default: CKPT/toyworld)")
     args = p.parse_args(argv)
     try:
+        problem = number_flag_problem(args, {"limit": (1, None, True), "epochs": (1, None, True)})
+        if problem:
+            raise ValueError(problem)
         results = run_ablations(args.ckpt, args.out, args.only, args.epochs, args.limit,
-                                log=lambda m: print(m, file=sys.stderr))
+                                log=lambda m: print(m, file=sys.stderr), data=args.data)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ import argparse
 import json
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ from ..tokenizer import TokenizerError
 from ..toy.datasets import is_refusal
 from ..toy.worlddir import WorldError, read_world, write_world
 from ..toy.hazard import hazard_prompt, toy_hazard_checker
-from ..toy.world import parse_caption, toy_generate
+from ..toy.world import Scene, parse_caption, toy_generate
 from ..video import VideoError, sample_frames
 from ..weights import CheckpointError
 from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
@@ -135,25 +136,32 @@ def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, ba
     return out
 
 
-def object_counts(data: Path) -> dict[str, int]:
-    """How many objects each clip of a toy world shows ({clip id: n}, from its scenes.jsonl; empty for a
+def world_scenes(data: Path) -> dict[str, Scene]:
+    """What each clip of a toy world shows ({clip id: Scene}, from its scenes.jsonl; empty for a
     directory that is not a toy world)."""
     if not (Path(data) / "world.json").is_file():
         return {}
-    return {r["id"]: len(r["scene"]["objects"]) for r in read_world(data)[1]}
+    return {r["id"]: Scene.from_dict(r["scene"]) for r in read_world(data)[1]}
+
+
+def described_right(reply: str, scene: Scene) -> bool:
+    """The reply names every object of the scene and no other, each with its right shape, colour, place and
+    motion (read with toy.world.parse_caption; in any order, other words ignored)."""
+    facts = lambda s: Counter((t.shape, t.colour, t.position, t.motion) for t in s.objects)
+    return facts(parse_caption(reply)) == facts(scene)
 
 
 def questions(path: Path, limit: int | None, skips: Skips | None = None) -> tuple[list[dict], list[dict]]:
     """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
     {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not),
-    "objects": how many objects the clip shows (None outside a toy world)}. Items about a clip `skips`
+    "scene": what the clip shows and "objects": how many objects (None outside a toy world)}. Items about a clip `skips`
     cannot read are left out (and counted there)."""
     records = list(read_videochat(path, strict=True))
     try:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError:                        # records one per line: read_videochat takes them
         raise EvalError(f"{path}: not one JSON list (the layout python -m nanog4v.toy writes)") from None
-    counts = object_counts(path.parent)
+    scenes = world_scenes(path.parent)
     qa, captions = [], []
     for obj, record in zip(raw, records):
         for k, item in enumerate(obj["QA"]):
@@ -162,7 +170,8 @@ def questions(path: Path, limit: int | None, skips: Skips | None = None) -> tupl
             j = 2 + 2 * k                                             # turns: video, (human, ai) × k
             entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
                      "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing"),
-                     "objects": counts.get(Path(record["videos"][0]).stem)}
+                     "scene": scenes.get(Path(record["videos"][0]).stem)}
+            entry["objects"] = len(entry["scene"].objects) if entry["scene"] else None
             bucket = captions if entry["type"] in ("description", "caption") else qa
             if (limit is None or len(bucket) < limit) and (skips is None or skips.keep(record["videos"])):
                 bucket.append(entry)
@@ -190,12 +199,19 @@ def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
 
 
 def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
-    """Captioning: BLEU-4 and METEOR of the descriptions against the reference."""
+    """Captioning: BLEU-4 and METEOR of the descriptions against the reference, and (in a toy world) how
+    many are *true*: every object named with its right shape, colour, place and motion (`described_right`;
+    BLEU rewards the reference's wording, so a fluent description of the wrong scene still scores well)."""
     got = replies(model, tokenizer, [it["conversation"] for it in items], max_new_tokens=80)
     refs = [[it["answer"]] for it in items]
-    preds = [{"table": 2, "answer": it["answer"], "reply": r} for it, r in zip(items, got)]
+    preds = [{"table": 2, "type": it["type"], "answer": it["answer"], "reply": r,
+              **({"all_right": described_right(r, it["scene"])} if it.get("scene") else {})}
+             for it, r in zip(items, got)]
+    right = {t: {"all_right": _mean(p["all_right"] for p in preds if p["type"] == t),
+                 "n": sum(p["type"] == t for p in preds)}
+             for t in sorted({p["type"] for p in preds if "all_right" in p})}
     return {"bleu4": bleu(got, refs) if got else None, "meteor": meteor(got, refs) if got else None,
-            "caption_n": len(got)}, preds
+            "caption_n": len(got), "captions_all_right": right}, preds
 
 
 KINDS = ("first", "after a video", "two at once")       # of show turns (request_kind)
@@ -339,8 +355,11 @@ def markdown(r: dict) -> str:
             f"{k} object{'' if k == '1' else 's'} {f(v['accuracy'])} (n {v['n']})"
             for k, v in r["qa_by_objects"].items()) + ".", ""]
     lines += ["**Table 2 (toy analogue): captioning**", "", "| n | BLEU-4 | METEOR |", "| --- | --- | --- |",
-              f"| {r['caption_n']} | {f(r['bleu4'], False)} | {f(r['meteor'], False)} |", "",
-              "**Table 3 (toy analogue): generation**", "",
+              f"| {r['caption_n']} | {f(r['bleu4'], False)} | {f(r['meteor'], False)} |", ""]
+    if r.get("captions_all_right"):                            # (results saved before it was measured lack it)
+        lines += ["Every object right (shape, colour, place and motion, parsed from the reply): " + "; ".join(
+            f"{k}s {f(v['all_right'])} (n {v['n']})" for k, v in r["captions_all_right"].items()) + ".", ""]
+    lines += ["**Table 3 (toy analogue): generation**", "",
               "| show turns | prompt fidelity | CLIPSIM analogue | chit-chat turns | spurious videos |",
               "| --- | --- | --- | --- | --- |",
               f"| {r['show_n']} | {f(r['prompt_fidelity'])} | {f(r['clipsim'], False)} | {r['chat_n']} | "

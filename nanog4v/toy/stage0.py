@@ -23,7 +23,8 @@ read as stage 1 reads them; the reasons are in that module's docstring.
 **LLaMA: next-token pretraining on the toy text, rendered through the template** (`pretrain_llama`).
 The documents are the train split's dialogues (stage2_train, safety_train) and its stage-1 QA records
 with the clip *written as its caption*, `###Human: <video> a red circle … </video>`, laid out by the
-template (`data.layout`). So the LLM already knows the template, the toy language and how to answer a
+template (`data.layout`; `Stage0Settings.llama_slot = "noun-last"` writes it attributes first, noun
+last, instead: `stage0_reading.reading_caption`). So the LLM already knows the template, the toy language and how to answer a
 question about a clip it reads as words before stage 1 starts; stage 1 (LLM frozen) then teaches the
 abstractor to put the video where those words were. The documents are tokenised and labelled exactly
 as `encode_conversation(loss_on="ai")` does (Eq. 5: only the AI answers are targets) and packed whole
@@ -64,7 +65,8 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
-from .stage0_reading import reading_documents, with_caption
+from .stage0_reading import reading_caption, reading_documents, with_caption
+from .world import Scene, caption
 from .stage0_vision import pretrain_vision
 
 
@@ -87,7 +89,11 @@ class Stage0Settings:
     weight_decay: float = 0.05
     warmup_frac: float = 0.05          # of each schedule's steps; then cosine to 10 %
     eval_n: int = 64                   # val questions the LLaMA answers from captions (0: skip)
+    llama_slot: str = "caption"        # what the video slot holds in its text: SLOTS
 
+
+SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
+         "noun-last": reading_caption}    # "on the left moves right a large red circle ; …" (stage0_reading)
 
 PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset: a smoke run of seconds
                    "test": Stage0Settings(vit_epochs=2, vit_batch=4, llama_epochs=1, llama_batch=4, llama_block=64,
@@ -123,14 +129,15 @@ def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
 
 # --- the LLaMA -----------------------------------------------------------------------------------
 
-def pretraining_documents(world_dir, split: str = "train") -> list[list[Part]]:
-    """The split's toy text as template parts (see the module docstring), one list per record."""
+def pretraining_documents(world_dir, split: str = "train", slot=caption) -> list[list[Part]]:
+    """The split's toy text as template parts (see the module docstring), one list per record; a clip
+    in a video slot is written `slot(its scene)`."""
     world_dir = Path(world_dir)
     files = {name: world_dir / name for name in (f"stage1_{split}.json", f"stage2_{split}.jsonl", f"safety_{split}.jsonl")}
     for f in files.values():
         if not f.is_file():
             raise WorldError(f"{f}: missing (not a complete toy world)")
-    captions = {r["id"]: r["caption"] for r in read_world(world_dir)[1]}
+    captions = {r["id"]: slot(Scene.from_dict(r["scene"])) for r in read_world(world_dir)[1]}
     docs = [with_caption(r, captions[Path(r["videos"][0]).stem])
             for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)]
     docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
@@ -173,18 +180,21 @@ def lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
     return x[:, :-1], y[:, 1:]                                                  # (B, L−1) each
 
 
-def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int) -> dict:
-    """Greedy answers to n val stage-1 questions with the clip given as its caption: the reading skill
-    stage 1 relies on (the frozen LLM must answer from what the abstractor puts in the slot)."""
-    captions = {r["id"]: r["caption"] for r in read_world(world_dir)[1]}
-    prompts, answers = [], []
+def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, slot=caption) -> dict:
+    """Greedy answers to n val stage-1 questions with the clip written in the slot as `slot(scene)`: the
+    reading skill stage 1 relies on (the frozen LLM must answer from what the abstractor puts in the
+    slot), overall and by the number of objects in the clip."""
+    scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in read_world(world_dir)[1]}
+    prompts, answers, objects = [], [], []
     for r in read_videochat(Path(world_dir) / "stage1_val.json", check_videos=False):
         for j in range(2, len(r["turns"]), 2):                      # turns: video, (human, ai) × k
             if len(prompts) < n and len(r["turns"][j]["value"].split()) <= 3:     # short answers only
                 head = {"videos": r["videos"], "turns": r["turns"][:j]}
-                parts = with_caption(head, captions[Path(r["videos"][0]).stem], for_reply=True)
+                scene = scenes[Path(r["videos"][0]).stem]
+                parts = with_caption(head, slot(scene), for_reply=True)
                 prompts.append(encode_document(tokenizer, parts)[0])
                 answers.append(r["turns"][j]["value"])
+                objects.append(len(scene.objects))
     if not prompts:
         return {"accuracy": None, "n": 0}
     model.eval()
@@ -193,7 +203,8 @@ def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int) -
                        cfg=SamplingConfig(max_new_tokens=8))
     replies = [tokenizer.decode(ids).strip() for ids in out]
     right = [normalize_answer(a) == normalize_answer(b) for a, b in zip(replies, answers)]
-    return {"accuracy": sum(right) / len(right), "n": len(right),
+    by_objects = {str(k): sum(r for r, o in zip(right, objects) if o == k) / objects.count(k) for k in sorted(set(objects))}
+    return {"accuracy": sum(right) / len(right), "n": len(right), "by_objects": by_objects,
             "examples": [{"answer": a, "reply": b} for a, b in zip(answers[:3], replies[:3])]}
 
 
@@ -204,14 +215,17 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     if tokenizer.vocab_size > cfg.vocab_size:
         raise Stage0Error(f"{tokenizer.path}: {tokenizer.vocab_size} pieces but the LLaMA has {cfg.vocab_size} embeddings")
     started = time.time()
-    docs = {split: [encode_document(tokenizer, d) for d in pretraining_documents(world_dir, split)]
+    if settings.llama_slot not in SLOTS:
+        raise Stage0Error(f"llama_slot must be one of {', '.join(SLOTS)}, not {settings.llama_slot!r}")
+    slot = SLOTS[settings.llama_slot]
+    docs = {split: [encode_document(tokenizer, d) for d in pretraining_documents(world_dir, split, slot)]
             for split in ("train", "val")}
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
     rng = random.Random(seed)
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
-    rows = [pack(docs["train"] + [encode_document(tokenizer, d) for d in reading_documents(reading, held, rng)],
+    rows = [pack(docs["train"] + [encode_document(tokenizer, d) for d in reading_documents(reading, held, rng, slot)],
                  length, rng) for _ in range(settings.llama_epochs)]             # one list per epoch
     b = settings.llama_batch
     batches = [epoch[i:i + b] for epoch in rows for i in range(0, len(epoch), b)]
@@ -250,7 +264,7 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     metrics = {"steps": total, "train_tokens": tokens, "row_length": length, "losses": losses,
                "final_loss": sum(losses[-k:]) / k, "val_loss": val_loss}
     if settings.eval_n:
-        metrics["caption_qa"] = caption_qa_accuracy(model, tokenizer, world_dir, settings.eval_n)
+        metrics["caption_qa"] = caption_qa_accuracy(model, tokenizer, world_dir, settings.eval_n, slot)
     return model, metrics
 
 
