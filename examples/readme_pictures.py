@@ -13,8 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nanog4v.plots import contact_sheet
-from nanog4v.video import sample_frames
+from nanog4v.video import contact_sheet, sample_frames_and_times
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -35,13 +34,14 @@ if __name__ == "__main__":
                              text=True, check=True)
         turns = [json.loads(line) for line in run.stdout.splitlines()]
         prompts = [argv[i + 1] for i, a in enumerate(argv) if a == "--prompt"]
-        frames = sample_frames(ROOT / clip, 8)                                   # (8, H, W, 3)
-        print("wrote", contact_sheet(frames, DOCS / "readme_clip.png", title=f"the clip asked about: {clip}"))
+        frames, times = sample_frames_and_times(ROOT / clip, 8)                  # (8, H, W, 3), seconds
+        print("wrote", contact_sheet(frames, times, DOCS / "readme_clip.png", title=f"the clip asked about: {clip}",
+                                     columns=8))
         k = 0
         for prompt, turn in zip(prompts, turns):
             print(f"you> {prompt}\ngpt4video> {turn['reply']}")
             for video, text in zip(turn["videos"], turn["prompts"]):
                 k += 1
-                png = contact_sheet(sample_frames(video, 8), DOCS / f"readme_video{k}.png",
-                                    title=f"the video it showed: '{text}'")
+                png = contact_sheet(*sample_frames_and_times(video, 8), DOCS / f"readme_video{k}.png",
+                                    title=f"the video it showed: '{text}'", columns=8)
                 print("wrote", png)

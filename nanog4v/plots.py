@@ -25,29 +25,3 @@ def plot_losses(curves: dict[str, list[float]], png: Path, *, log_scale: bool = 
     fig.tight_layout()
     fig.savefig(png)
     return png
-
-
-def evenly(n: int, k: int) -> list[int]:
-    """k indices (or all n, if fewer) spread evenly over 0..n-1, first and last included."""
-    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist()))
-
-
-def contact_sheet(frames: np.ndarray, png: Path, *, title: str = "", columns: int = 8) -> Path:
-    """A strip of up to `columns` frames of a clip (T, H, W, 3) uint8, chosen evenly over its length, with
-    the frame index under each and `title` above: how the README shows a video on a page."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"{png}: a contact sheet needs frames (T, H, W, 3), got shape {frames.shape}")
-    picks = evenly(len(frames), columns)
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(1.25 * len(picks), 1.5 + 0.3 * bool(title)), dpi=100)
-    axes = fig.subplots(1, len(picks), squeeze=False)[0]
-    for ax, i in zip(axes, picks):
-        ax.imshow(frames[i], interpolation="nearest")
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlabel(f"frame {i}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(png)
-    return png

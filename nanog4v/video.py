@@ -387,14 +387,14 @@ def write_video(path, frames: np.ndarray, fps: float) -> Path:
 
 # --------------------------------------------------------------------------- contact sheet
 
-def contact_sheet(frames: np.ndarray, times: list[float], out, title: str = "") -> Path:
-    """Save the frames in a grid (at most 4 per row), each titled with its timestamp.
+def contact_sheet(frames: np.ndarray, times: list[float], out, title: str = "", columns: int = 4) -> Path:
+    """Save the frames in a grid (at most `columns` per row), each titled with its timestamp.
 
     A bare matplotlib Figure renders with the Agg canvas and leaves pyplot's global backend alone.
     """
     from matplotlib.figure import Figure
 
-    cols = min(len(frames), 4)
+    cols = min(len(frames), columns)
     rows = -(-len(frames) // cols)
     h, w = frames.shape[1:3]
     fig = Figure(figsize=(3 * cols, rows * (3 * h / w + 0.4) + 0.4))  # inches; room for titles

@@ -5,8 +5,6 @@ import importlib
 import re
 import shlex
 
-import pytest
-
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -90,18 +88,6 @@ def test_the_readme_shows_the_pictures_of_its_main_command():
     pictures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pictures)
     assert pictures.main_command() == shlex.split(setup_commands()[0].rsplit("&& ", 1)[1])
-
-
-def test_contact_sheet_draws_evenly_spaced_frames(tmp_path):
-    import numpy as np
-    from matplotlib.image import imread
-    from nanog4v.plots import contact_sheet, evenly
-    assert evenly(24, 8) == [0, 3, 7, 10, 13, 16, 20, 23] and evenly(3, 8) == [0, 1, 2] and evenly(9, 2) == [0, 8]
-    frames = np.zeros((24, 16, 16, 3), np.uint8)
-    png = contact_sheet(frames, tmp_path / "sheet.png", title="t")
-    assert imread(png).shape[:2] == (180, 1000)                    # 8 columns of 1.25 in at 100 dpi, 1.8 in tall
-    with pytest.raises(ValueError, match="sheet.png: a contact sheet needs frames"):
-        contact_sheet(frames[0], tmp_path / "sheet.png")
 
 
 # --- the import graph ------------------------------------------------------------------------------------

@@ -392,6 +392,15 @@ def test_cli_writes_a_contact_sheet(clips, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
 
+def test_contact_sheet_puts_columns_frames_in_a_row(tmp_path):
+    from matplotlib.image import imread
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    one_row = video.contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "row.png", columns=8)
+    assert imread(one_row).shape[:2] == (380, 2400)          # 8 × 3 in wide, one row of 3.4 in + 0.4 in, 100 dpi
+    grid = video.contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "grid.png")
+    assert imread(grid).shape[:2] == (720, 1200)             # the default: 4 per row, two rows
+
+
 def test_cli_error_is_one_line_exit_2(tmp_path):
     missing = tmp_path / "missing.mp4"
     result = subprocess.run([sys.executable, "-m", "nanog4v.video", str(missing), "--out", str(tmp_path / "s.png")],

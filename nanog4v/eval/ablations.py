@@ -126,8 +126,8 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int | Non
     `data` (default: the checkpoint's own world); OUT/results.json is rewritten after every run."""
     ckpt, out = Path(ckpt), Path(out)
     data = Path(data) if data is not None else ckpt / "toyworld"
-    held_out(ckpt / "toyworld")                     # fail early, naming the file, if a world is missing
-    held_out(data)
+    for world in {ckpt / "toyworld", data}:         # fail early, naming the file, if a world is missing
+        held_out(world)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for name in names:
         family, stage, changes = VARIANTS[name]

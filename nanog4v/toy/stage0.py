@@ -24,9 +24,9 @@ read as stage 1 reads them; the reasons are in that module's docstring.
 The documents are the train split's dialogues (stage2_train, safety_train) and its stage-1 QA records
 with the clip *written as its caption*, `###Human: <video> a red circle … </video>`, laid out by the
 template (`data.layout`; `Stage0Settings.llama_slot = "noun-last"` writes it attributes first, noun
-last, instead: `stage0_reading.reading_caption`). So the LLM already knows the template, the toy language and how to answer a
-question about a clip it reads as words before stage 1 starts; stage 1 (LLM frozen) then teaches the
-abstractor to put the video where those words were. The documents are tokenised and labelled exactly
+last, instead: `stage0_reading.reading_caption`). So the LLM already knows the template, the toy
+language and how to answer a question about a clip it reads as words before stage 1 starts; stage 1
+(LLM frozen) then teaches the abstractor to put the video where those words were. The documents are tokenised and labelled exactly
 as `encode_conversation(loss_on="ai")` does (Eq. 5: only the AI answers are targets) and packed whole
 into rows (`pack`: a question always shares its row with the caption it asks about). Training every
 token instead, as plain pretraining would, spends most of the gradient on the captions, which are
