@@ -185,10 +185,12 @@ class OfficialAbstractor(nn.Module):
     """The official code's abstractor (mPLUG-Owl's joint form): frame features (B, T, 1+P, vision_dim) ->
     video tokens (B, N+1, llm_dim).
 
-    One stack of 2N queries [Q_s; Q_t] over the frame tokens, no frame embedding; the first N outputs go
-    through `proj` (mPLUG-Owl `visual_fc`), the last N through `temporal_proj` (`temporal_visual_fc`), the
-    two are summed, and the learned end-of-video embedding `eos` (`vit_eos`) is appended. It takes any T
-    (`num_frames` is accepted only for the same signature as `VideoAbstractor`).
+    One stack of 2N queries [Q_s; Q_t] (`query_tokens`, `temporal_query_tokens`) over the frame tokens, no
+    frame embedding; the first N outputs go through `proj` (mPLUG-Owl `visual_fc`), the last N through
+    `temporal_proj` (`temporal_visual_fc`), the two are summed, and the learned end-of-video embedding `eos`
+    (`vit_eos`) is appended. It takes any T; for one frame (an image), mPLUG-Owl runs the N spatial
+    queries alone and adds no temporal term, and so does this (`num_frames` is accepted only for the same
+    signature as `VideoAbstractor`).
     """
 
     def __init__(self, cfg: AbstractorConfig, vision_dim: int, llm_dim: int, num_frames: int | None = None):
@@ -198,7 +200,9 @@ class OfficialAbstractor(nn.Module):
                              f"build_abstractor), got {cfg.streams!r} with {cfg.variant!r}")
         self.cfg, self.vision_dim = cfg, vision_dim                      # num_frames: unused, any T works
         self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
-        self.joint = QueryStream(cfg, 2 * cfg.num_queries)               # [Q_s; Q_t] run together
+        self.query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)           # Q_s: (N, D)
+        self.temporal_query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)  # Q_t: (N, D)
+        self.layers = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(cfg.n_layers))
         self.proj = nn.Linear(cfg.dim, llm_dim)                          # mPLUG-Owl `visual_fc`
         self.temporal_proj = nn.Linear(cfg.dim, llm_dim)                 # mPLUG-Owl `temporal_visual_fc`
         self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)          # mPLUG-Owl `vit_eos`
@@ -209,14 +213,21 @@ class OfficialAbstractor(nn.Module):
         return self.cfg.num_output_tokens
 
     def streams(self, frame_features: torch.Tensor, attentions: dict | None = None):
-        """The first and last N outputs of the joint stack, (F_s, F_t), each (B, N, D)."""
+        """The first and last N outputs of the joint stack, (F_s, F_t), each (B, N, D); F_t is None for
+        one frame."""
         if frame_features.ndim != 4 or frame_features.shape[-1] != self.vision_dim:
             raise ValueError(f"abstractor.py: expected frame features (B, T, 1+P, {self.vision_dim}), "
                              f"got {tuple(frame_features.shape)}")
+        b, t = frame_features.shape[:2]
         f = rearrange(self.frame_proj(frame_features), "b t p d -> b (t p) d")   # (B, T·(1+P), D)
-        x = self.joint(f, None if attentions is None else attentions.setdefault("joint", []))  # (B, 2N, D)
+        queries = self.query_tokens if t == 1 else torch.cat([self.query_tokens, self.temporal_query_tokens])
+        x = queries.expand(b, -1, -1)                                    # (B, 2N, D): [Q_s; Q_t]
+        for layer in self.layers:
+            x, attn = layer(x, f)                                        # (B, 2N, D), (B, H, 2N, 2N + T·(1+P))
+            if attentions is not None:
+                attentions.setdefault("joint", []).append(attn)
         n = self.cfg.num_queries
-        return x[:, :n], x[:, n:]                                        # (B, N, D) ×2
+        return x[:, :n], (x[:, n:] if t > 1 else None)                   # (B, N, D) ×2
 
     def forward(self, frame_features: torch.Tensor, return_attention: bool = False):
         """frame_features (B, T, 1+P, vision_dim) -> video tokens (B, N+1, llm_dim).
@@ -225,7 +236,9 @@ class OfficialAbstractor(nn.Module):
         """
         maps: dict = {}
         F_s, F_t = self.streams(frame_features, maps if return_attention else None)
-        video = self.proj(F_s) + self.temporal_proj(F_t)                 # (B, N, d_llm)
+        video = self.proj(F_s)                                           # (B, N, d_llm)
+        if F_t is not None:
+            video = video + self.temporal_proj(F_t)
         eos = self.eos.expand(video.shape[0], -1, -1).to(video.dtype)    # (B, 1, d_llm)
         video = torch.cat([video, eos], dim=1)                           # (B, N+1, d_llm)
         return (video, maps) if return_attention else video

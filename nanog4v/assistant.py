@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import t2v
-from .data import STOP_STRINGS, DataError, clean_reply, prompt_for_reply
+from .data import GPT4VIDEO, DataError, Template
 from .generate import SamplingConfig, stream
 from .inference import prompt_embeddings, video_tokens
 from .lora import merge_lora
@@ -173,10 +173,12 @@ class Assistant:
 
     def __init__(self, model: GPT4Video, tokenizer: Tokenizer, *, sampling: SamplingConfig = SamplingConfig(),
                  safety: Safety | None = None, generator=None, out_dir: str | Path = "chat_videos",
-                 t2v_frames: int | None = None, device: str = "cpu", refusal=is_refusal, log=lambda item: None):
+                 t2v_frames: int | None = None, device: str = "cpu", refusal=is_refusal, log=lambda item: None,
+                 template: Template = GPT4VIDEO):
         self.model, self.tokenizer, self.device, self.log = model, tokenizer, device, log
         self.is_refusal = refusal                # reply -> bool: does it read as the model's refusal?
-        self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
+        self.template = template                 # the prompt layout: GPT4Video's, or mPLUG-Owl's own
+        self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=template.stop)
         self.safety, self.generator = safety or Safety(), generator
         self.out_dir, self.t2v_frames = Path(out_dir), t2v_frames
         self.turn_count = 0                      # turns answered since the start (names the mp4 files)
@@ -260,7 +262,7 @@ class Assistant:
     def prompt_length(self, turns: list[dict] | None = None) -> int:
         """Tokens of the prompt for the next reply, N per video slot included."""
         conversation = {"videos": self.videos, "turns": self.turns if turns is None else turns}
-        return len(prompt_for_reply(self.tokenizer, conversation, self.model.num_video_tokens)["input_ids"])
+        return len(self.template.prompt_for_reply(self.tokenizer, conversation, self.model.num_video_tokens)["input_ids"])
 
     def _fit_history(self, notes: list[str] | None = None) -> int:
         """Make prompt + reply fit `max_seq_len` (the module docstring's order) and return the new-token
@@ -298,7 +300,8 @@ class Assistant:
         """The reply (streamed to `on_text` piece by piece) and how many tokens it took."""
         conversation = {"videos": self.videos, "turns": self.turns}
         tokens = torch.stack(self.tokens) if self.tokens else None                       # (V, N, d)
-        embeds = prompt_embeddings(self.model, self.tokenizer, conversation, tokens)      # (L, d)
+        embeds = prompt_embeddings(self.model, self.tokenizer, conversation, tokens,
+                                   self.template.prompt_for_reply)                       # (L, d)
         seed = None if self.sampling.seed is None else self.sampling.seed + self.turn_count
         cfg = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens, seed=seed)
         decoder, ids = StreamDecoder(self.tokenizer), []
@@ -311,7 +314,7 @@ class Assistant:
         tail = decoder.flush()
         if tail and on_text is not None:
             on_text(tail)
-        return clean_reply(self.tokenizer.decode(ids)), len(ids)
+        return self.template.clean_reply(self.tokenizer.decode(ids)), len(ids)
 
     # --- the hand-off -------------------------------------------------------------------------------
     def _hand_off(self, result: TurnResult) -> None:

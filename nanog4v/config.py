@@ -3,6 +3,8 @@
     preset("test")  tiny shapes for unit tests (seconds on a CPU)
     preset("nano")  the toy world: the paper's recipe at laptop scale
     preset("7b")    the paper: CLIP ViT-L/14 + video abstractor + LLaMA-7B (GPT4Video, arXiv 2311.16511)
+    preset("owl-video")  where the official code starts: mPLUG-Owl's video model (its ViT with temporal
+                    modules, its joint-query abstractor, LLaMA-7B), loaded by `weights.load_mplug_owl`
 
 Every field is named after what it is in the paper or in the official checkpoint's config.json. A
 config can be changed with `dataclasses.replace` (or `preset(name, num_frames=8)` for top-level
@@ -29,6 +31,10 @@ class VisionConfig:
     # The official GPT4Video/mPLUG-Owl ViT applies its final LayerNorm to every output token;
     # HF CLIP's `last_hidden_state` is taken before it. Off = HF CLIP.
     post_layernorm_all_tokens: bool = False
+    # mPLUG-Owl's video ViT: a temporal module (a depthwise convolution over time) before every block,
+    # so the frames of one clip see each other; and attention's q, k, v as one fused projection.
+    temporal: bool = False
+    fused_qkv: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -101,10 +107,17 @@ class TrainConfig:
     max_seq_len: int = 512
 
 
+FRAMES = ("clip", "mplug-owl")
+
+
 @dataclass(frozen=True)
 class G4VConfig:
     name: str = "7b"
     num_frames: int = 4            # T: frames sampled per video (the official code used 8)
+    # how a video becomes T frames of S×S pixels (`data.video_pixels`): "clip", segment centres in time and
+    # CLIP's shorter-side resize + centre crop; "mplug-owl", its processor: frame k_i = ⌊s/2⌋ + round(s·i),
+    # s = (n−1)/T, squashed to S×S (the aspect ratio is not kept)
+    frames: str = "clip"
     vision: VisionConfig = field(default_factory=VisionConfig)
     abstractor: AbstractorConfig = field(default_factory=AbstractorConfig)
     llama: LlamaConfig = field(default_factory=LlamaConfig)
@@ -187,7 +200,22 @@ def _7b() -> G4VConfig:
     return G4VConfig(name="7b")
 
 
-PRESETS = {"test": _test, "nano": _nano, "7b": _7b}
+def _owl_video() -> G4VConfig:
+    """mPLUG-Owl's video model (`MAGAer13/mplug-owl-llama-7b-video`), what the official GPT4Video code
+    fine-tunes with LoRA: ViT-L/14 with temporal modules (eps 1e-6, final LayerNorm on every token), the
+    joint abstractor with 2 × 64 queries and its end-of-video token (65 LLM tokens; MLP 2816 wide),
+    LLaMA-7B. Stage 2 as the official code: LoRA r 16, α 16, dropout 0.1, lr 1e-4, batch 2, 512 tokens.
+    `weights.load_mplug_owl` reads the sizes from the checkpoint's config.json; these are the released ones."""
+    return G4VConfig(
+        name="owl-video",
+        frames="mplug-owl",
+        vision=VisionConfig(norm_eps=1e-6, post_layernorm_all_tokens=True, temporal=True, fused_qkv=True),
+        abstractor=AbstractorConfig(mlp_dim=2816, attn_dropout=0.1, variant="official"),
+        stage2=TrainConfig(lr=1e-4, epochs=3, batch_size=2, warmup_steps=100, max_seq_len=512),
+    )
+
+
+PRESETS = {"test": _test, "nano": _nano, "7b": _7b, "owl-video": _owl_video}
 
 
 def preset(name: str, **overrides) -> G4VConfig:

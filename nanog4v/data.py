@@ -45,14 +45,14 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import G4VConfig
-from .video import VideoError, sample_frames
+from .video import VideoError, mplug_owl_frame_indices, sample_frames
 from .vision import preprocess
 
 IGNORE = -100   # the label of a position that Eq. 5 does not train
@@ -251,9 +251,29 @@ def clean_reply(text: str) -> str:
     return text.strip()
 
 
+@dataclass(frozen=True)
+class Template:
+    """How a conversation becomes the prompt for a reply, and where a reply ends: GPT4Video's (`GPT4VIDEO`,
+    this module's) or mPLUG-Owl's (`mplug_owl.TEMPLATE`, its released video checkpoint's own)."""
+    prompt_for_reply: Callable          # (tokenizer, conversation, num_video_tokens) -> {"input_ids", "video_slots"}
+    clean_reply: Callable               # generated text -> the reply
+    stop: tuple[str, ...]               # stop strings for generation
+
+
+GPT4VIDEO = Template(prompt_for_reply, clean_reply, STOP_STRINGS)
+
+
 def normalize_answer(text: str) -> str:
     """Case, surrounding space and a final full stop do not count: "A red circle." == "a red circle"."""
     return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def video_pixels(path, cfg: G4VConfig) -> torch.Tensor:
+    """A video file as the ViT's input (T, 3, S, S), the way `cfg.frames` says: "clip" (segment centres,
+    CLIP's resize and centre crop) or "mplug-owl" (mPLUG-Owl's frame indices, squashed to S×S)."""
+    owl = cfg.frames == "mplug-owl"
+    frames = sample_frames(path, cfg.num_frames, by_index=mplug_owl_frame_indices if owl else None)
+    return preprocess(frames, cfg.vision.image_size, keep_aspect=not owl)     # (T, 3, S, S)
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -386,10 +406,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         cfg = self.cfg
         if self.features_dir is None:
             try:
-                frames = sample_frames(path, cfg.num_frames)                  # (T, H, W, 3) uint8
+                return video_pixels(path, cfg)                                # (T, 3, S, S)
             except VideoError as e:
                 raise DataError(str(e), "video does not decode") from None
-            return preprocess(frames, cfg.vision.image_size)                  # (T, 3, S, S)
         file = feature_file(self.features_dir, video)
         if not file.is_file():
             raise DataError(f"{file}: no cached features for {video}", "features missing")

@@ -10,11 +10,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .data import STOP_STRINGS, DataError, clean_reply, feature_file, normalize_answer, prompt_for_reply
+from .data import STOP_STRINGS, DataError, clean_reply, feature_file, normalize_answer, prompt_for_reply, video_pixels
 from .generate import SamplingConfig, generate
 from .model import splice_video
-from .video import VideoError, sample_frames
-from .vision import preprocess
+from .video import VideoError
 
 
 def video_tokens(model, videos: list[str], features_dir=None, device="cpu") -> torch.Tensor:
@@ -24,14 +23,15 @@ def video_tokens(model, videos: list[str], features_dir=None, device="cpu") -> t
     if features_dir is not None and all(feature_file(features_dir, v).is_file() for v in videos):
         feats = torch.stack([load_file(str(feature_file(features_dir, v)))["features"] for v in videos])
         return model.abstractor(feats.to(device).float())                    # (V, N, d)
-    pixels = torch.stack([preprocess(sample_frames(v, cfg.num_frames), cfg.vision.image_size)
-                          for v in videos])                                  # (V, T, 3, S, S)
+    pixels = torch.stack([video_pixels(v, cfg) for v in videos])             # (V, T, 3, S, S)
     return model.encode_video(pixels.to(device))                             # (V, N, d)
 
 
-def prompt_embeddings(model, tokenizer, conversation: dict, video_tokens: torch.Tensor | None) -> torch.Tensor:
+def prompt_embeddings(model, tokenizer, conversation: dict, video_tokens: torch.Tensor | None,
+                      prompt_for_reply=prompt_for_reply) -> torch.Tensor:
     """The conversation so far and "###AI:" as LLM input (L, d): token embeddings with video k's N tokens
-    (`video_tokens[k]`, (V, N, d)) at its slot — the same sequence training saw before the reply."""
+    (`video_tokens[k]`, (V, N, d)) at its slot — the same sequence training saw before the reply.
+    (`prompt_for_reply`: another template's, e.g. `mplug_owl.prompt_for_reply`.)"""
     prompt = prompt_for_reply(tokenizer, conversation, model.num_video_tokens)
     ids = torch.tensor([prompt["input_ids"]], device=model.llm.embed_tokens.weight.device)
     embeds = model.llm.embed_tokens(ids)                                     # (1, L, d)

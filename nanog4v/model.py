@@ -84,11 +84,12 @@ class GPT4Video(nn.Module):
 
     # --- video → N soft tokens ------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The frozen ViT on every frame: pixels (B, T, 3, S, S) -> F_v (B, T, 1+P, D_v)."""
-        b = pixels.shape[0]
+        """The frozen ViT on every frame: pixels (B, T, 3, S, S) -> F_v (B, T, 1+P, D_v). (A video ViT,
+        mPLUG-Owl's, also mixes the T frames of each clip: `num_frames`.)"""
+        b, t = pixels.shape[:2]
         frames = rearrange(pixels, "b t c h w -> (b t) c h w")         # (B*T, 3, S, S)
         with torch.no_grad():
-            features = self.vision(frames.to(self.vision_dtype))       # (B*T, 1+P, D_v)
+            features = self.vision(frames.to(self.vision_dtype), num_frames=t)   # (B*T, 1+P, D_v)
         return rearrange(features, "(b t) p d -> b t p d", b=b)        # (B, T, 1+P, D_v)
 
     def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -253,7 +254,8 @@ def config_problems(cls, d, where: str) -> list[str]:
     for name, kind in types.items():
         here = f"{where}.{name}"
         if name not in d:
-            problems.append(f"{here}: missing")
+            if (cls.__name__, name) not in ADDED_LATER:
+                problems.append(f"{here}: missing")
         elif dataclasses.is_dataclass(kind):
             problems += config_problems(kind, d[name], here)
         elif not _is_a(d[name], kind):
@@ -261,6 +263,9 @@ def config_problems(cls, d, where: str) -> list[str]:
     return problems
 
 
+# fields added after checkpoints were first written: absent means the default, which is how such a
+# checkpoint was made (a per-frame ViT, CLIP's frame processing)
+ADDED_LATER = {("VisionConfig", "temporal"), ("VisionConfig", "fused_qkv"), ("G4VConfig", "frames")}
 TYPE_NAMES = {bool: "true or false", int: "an int", float: "a finite number", str: "a string"}
 
 

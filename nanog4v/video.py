@@ -70,6 +70,14 @@ def sample_frame_indices(num_source_frames: int, num_frames: int) -> list[int]:
     return [(2 * i + 1) * num_source_frames // (2 * num_frames) for i in range(num_frames)]
 
 
+def mplug_owl_frame_indices(num_source_frames: int, num_frames: int) -> list[int]:
+    """mPLUG-Owl's processor: k_i = ⌊s/2⌋ + round(s·i), s = (n − 1)/T (round half to even, as numpy's)."""
+    if num_source_frames < 1 or num_frames < 1:
+        raise ValueError(f"need at least one source frame and one sample, got {num_source_frames}, {num_frames}")
+    s = (num_source_frames - 1) / num_frames
+    return [int(s / 2) + round(s * i) for i in range(num_frames)]
+
+
 def _segment_centres(start: Fraction, end: Fraction, num_frames: int) -> list[Fraction]:
     """t_i = start + (2i+1)/(2T) · (end − start), exact (in the stream's time base, so ties are exact too)."""
     return [start + (end - start) * Fraction(2 * i + 1, 2 * num_frames) for i in range(num_frames)]
@@ -287,11 +295,13 @@ class _Converter:
         return _to_rgb(frame, *self.size)                                    # (h, w, 3)
 
 
-def _sample_by_index(path: Path, num_frames: int, max_pixels: int, convert: _Converter):
-    """Fallback for streams without timestamps: count packets, then decode once and keep the k_i."""
+def _sample_by_index(path: Path, num_frames: int, max_pixels: int, convert: _Converter,
+                     indices=sample_frame_indices):
+    """Count packets (n), then decode once and keep frames `indices(n, T)`: the fallback for streams
+    without timestamps, and frame sampling by index (`sample_frames(..., by_index=...)`)."""
     with av.open(str(path), options=_limit(max_pixels)) as container:
         n = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
-    wanted = sample_frame_indices(max(n, 1), num_frames)
+    wanted = indices(max(n, 1), num_frames)
     picked: dict[int, np.ndarray] = {}
     container, stream = _open(path, max_pixels)
     with container:
@@ -345,11 +355,18 @@ def sample_frames_and_times(path, num_frames: int, *, max_side: int | None = MAX
 
 
 def sample_frames(path, num_frames: int, *, max_side: int | None = MAX_SIDE,
-                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                  max_pixels: int = MAX_PIXELS, by_index=None) -> np.ndarray:
     """T frames sampled uniformly (segment centres in time) over the whole clip: uint8 (T, H, W, 3) RGB,
     rotated as the file says it should be displayed, the longest side scaled down to `max_side` (None:
-    full size). Raises VideoError for anything unreadable, and for frames larger than `max_pixels`."""
-    return sample_frames_and_times(path, num_frames, max_side=max_side, max_pixels=max_pixels)[0]
+    full size). Raises VideoError for anything unreadable, and for frames larger than `max_pixels`.
+    `by_index`: a rule (n, T) -> frame indices, e.g. `mplug_owl_frame_indices`, to pick frames by their
+    index in the stream instead (as decord-based readers do; the clip is decoded up to the last one)."""
+    if by_index is None:
+        return sample_frames_and_times(path, num_frames, max_side=max_side, max_pixels=max_pixels)[0]
+    path = Path(path)
+    container, stream = _open(path, max_pixels)                 # checks the file and its header first
+    container.close()
+    return np.stack(_sample_by_index(path, num_frames, max_pixels, _Converter(max_side), by_index)[0])
 
 
 def write_video(path, frames: np.ndarray, fps: float) -> Path:

@@ -12,6 +12,17 @@ video abstractor (Eq. 1–4 in `abstractor.py`).
 
 Parameter shapes equal Hugging Face's `CLIPVisionModel`, so the official checkpoint loads through a
 one-to-one key table (`weights.load_vision`).
+
+**mPLUG-Owl's video ViT** (what the official GPT4Video code starts from; `VisionConfig.temporal`,
+`fused_qkv`) is the same network with two changes. Before every block, the patch tokens of the T frames
+of one clip pass through a small temporal module that lets each patch see the same patch one frame
+before and after (the [CLS] token is passed through, so the residual doubles it):
+
+    x ← x + Up(QuickGELU(DWConv_t(Down(LN(x)))))     Down: D → D/2, DWConv_t: kernel 3 over time, per channel
+
+`Up` starts at zero, so an image model is the T = 1 case. And its attention computes q, k, v with one
+fused projection whose rows are grouped per head as [q; k; v] (`Attention(fused=True)`), the checkpoint's
+`query_key_value` layout, so that checkpoint also loads one-to-one (`weights.load_mplug_owl`).
 """
 from __future__ import annotations
 
@@ -41,22 +52,29 @@ ACTIVATIONS = {
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all 1+P tokens of one frame (no mask: every token sees all)."""
+    """Multi-head self-attention over all 1+P tokens of one frame (no mask: every token sees all).
+    `fused`: one projection `qkv` (D → 3D) whose output is [q; k; v] per head (mPLUG-Owl's layout)."""
 
-    def __init__(self, dim: int, n_heads: int):
+    def __init__(self, dim: int, n_heads: int, fused: bool = False):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"VisionConfig: dim {dim} is not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
+        if fused:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q_proj = nn.Linear(dim, dim)
+            self.k_proj = nn.Linear(dim, dim)
+            self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, return_weights: bool = False):
         # x: (N, L, D) with L = 1+P tokens; heads split D into n_heads × d_h
-        q, k, v = (rearrange(proj(x), "n l (h d) -> n h l d", h=self.n_heads)   # (N, H, L, d_h)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if hasattr(self, "qkv"):
+            q, k, v = rearrange(self.qkv(x), "n l (h three d) -> three n h l d", h=self.n_heads, three=3)
+        else:
+            q, k, v = (rearrange(proj(x), "n l (h d) -> n h l d", h=self.n_heads)   # (N, H, L, d_h)
+                       for proj in (self.q_proj, self.k_proj, self.v_proj))
         if return_weights:
             # The same computation written out, to expose softmax(q kᵀ / √d_h) for visualisation.
             scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5                # (N, H, L, L)
@@ -84,17 +102,44 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))    # (N, L, D) -> (N, L, mlp_dim) -> (N, L, D)
 
 
+class Temporal(nn.Module):
+    """mPLUG-Owl's temporal module: each patch token mixes with the same patch in the frames before and
+    after it, x ↦ Up(QuickGELU(DWConv_t(Down(LN(x))))); the [CLS] token is returned unchanged."""
+
+    def __init__(self, dim: int, grid: int):
+        super().__init__()
+        self.grid = grid                                              # S/p patches per side
+        self.ln = nn.LayerNorm(dim)                                   # eps 1e-5, as in mPLUG-Owl
+        self.down_proj = nn.Conv3d(dim, dim // 2, kernel_size=1)      # a per-token linear map D → D/2
+        self.conv = nn.Conv3d(dim // 2, dim // 2, kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=dim // 2)
+        self.up_proj = nn.Conv3d(dim // 2, dim, kernel_size=1)        # D/2 → D (zero at initialisation)
+        nn.init.zeros_(self.up_proj.weight)
+        nn.init.zeros_(self.up_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls, patches = x[:, :, :1], x[:, :, 1:]                       # x: (B, T, 1+P, D)
+        y = rearrange(self.ln(patches), "b t (gh gw) d -> b d t gh gw", gh=self.grid)   # (B, D, T, g, g)
+        y = self.up_proj(quick_gelu(self.conv(self.down_proj(y))))   # kernel 3 over t, zero-padded
+        return torch.cat([cls, rearrange(y, "b d t gh gw -> b t (gh gw) d")], dim=2)   # (B, T, 1+P, D)
+
+
 class Block(nn.Module):
-    """A pre-norm transformer block: the residual stream is never normalised, only the branch inputs."""
+    """A pre-norm transformer block: the residual stream is never normalised, only the branch inputs.
+    With `cfg.temporal`, mPLUG-Owl's `Temporal` module first mixes each clip's T frames."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
+        if cfg.temporal:
+            self.temporal = Temporal(cfg.dim, cfg.image_size // cfg.patch_size)
         self.ln_1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.dim, cfg.n_heads)
+        self.attn = Attention(cfg.dim, cfg.n_heads, fused=cfg.fused_qkv)
         self.ln_2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.act)
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, return_weights: bool = False, num_frames: int = 1):
+        if num_frames > 1 and hasattr(self, "temporal"):             # (mPLUG-Owl skips it for one frame)
+            clips = rearrange(x, "(b t) l d -> b t l d", t=num_frames)
+            x = rearrange(clips + self.temporal(clips), "b t l d -> (b t) l d")
         if return_weights:
             a, weights = self.attn(self.ln_1(x), return_weights=True)
         else:
@@ -128,15 +173,18 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_post = nn.LayerNorm(D, eps=cfg.norm_eps)
 
-    def forward(self, pixels: torch.Tensor, return_attention_layer: int | None = None):
+    def forward(self, pixels: torch.Tensor, return_attention_layer: int | None = None, num_frames: int = 1):
         """pixels (N, 3, S, S), normalised by `preprocess` → last hidden state (N, 1+P, D).
 
         With `return_attention_layer=k`, also returns block k's attention weights (N, H, 1+P, 1+P),
         computed explicitly (the default path uses fused `F.scaled_dot_product_attention`).
+        `num_frames` = T: the N frames are N/T clips of T consecutive frames each, which the temporal
+        modules (`cfg.temporal`) mix; a per-frame ViT ignores it.
         """
         C, S = self.cfg.in_channels, self.cfg.image_size
-        if pixels.shape[1:] != (C, S, S):
-            raise ValueError(f"vision.py: expected pixels (N, {C}, {S}, {S}), got {tuple(pixels.shape)}")
+        if pixels.shape[1:] != (C, S, S) or pixels.shape[0] % num_frames:
+            raise ValueError(f"vision.py: expected pixels (N, {C}, {S}, {S}) with N a multiple of "
+                             f"T={num_frames}, got {tuple(pixels.shape)}")
         k = return_attention_layer
         probed = None if k is None else self.blocks[k]                 # negative k counts from the end
         pixels = pixels.to(self.patch_embed.weight.dtype)
@@ -148,15 +196,15 @@ class VisionTransformer(nn.Module):
         weights = None
         for block in self.blocks:
             if block is probed:
-                x, weights = block(x, return_weights=True)             # weights (N, H, 1+P, 1+P)
+                x, weights = block(x, return_weights=True, num_frames=num_frames)  # (N, H, 1+P, 1+P)
             else:
-                x = block(x)
+                x = block(x, num_frames=num_frames)
         if self.cfg.post_layernorm_all_tokens:
             x = self.ln_post(x)
         return x if k is None else (x, weights)
 
 
-def preprocess(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+def preprocess(frames: np.ndarray | torch.Tensor, size: int, keep_aspect: bool = True) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) → CLIP input (T, 3, size, size), float32, normalised.
 
     The steps of CLIP's image processor: resize the shorter side to `size` (the longer one to
@@ -168,7 +216,9 @@ def preprocess(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     the same passes with `F.interpolate(..., antialias=True)` (whose bicubic kernel, a = −0.5, and
     support scaling are Pillow's) in float, rounding and clamping after each pass. What remains is
     Pillow's fixed-point weight rounding: ≤ 1/255 on a few pixels in a thousand.
-    Runs on the frames' device when they are a torch tensor.
+    Runs on the frames' device when they are a torch tensor. `keep_aspect=False` is mPLUG-Owl's processor:
+    both sides resized to `size` (the picture is squashed, nothing is cropped), the same two passes.
+    (mPLUG-Owl has decord resize while decoding, with FFmpeg's scaler: its pixels differ a little.)
     """
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
@@ -180,6 +230,8 @@ def preprocess(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     short, long = min(H, W), max(H, W)
     new_long = int(size * long / short)                            # HF's rule (truncates)
     new_h, new_w = (size, new_long) if H <= W else (new_long, size)
+    if not keep_aspect:
+        new_h = new_w = size
     x = rearrange(frames, "t h w c -> t c h w").float()            # (T, 3, H, W), values 0..255
     if new_w != W:
         x = F.interpolate(x, size=(H, new_w), mode="bicubic", antialias=True, align_corners=False)

@@ -2,9 +2,9 @@
 
 Each loader builds our module on the `meta` device and hands `safetensors_io.load_checkpoint` a
 renaming table (official key -> ours); names, shapes and dtypes are checked before any data is read,
-and the tensors are streamed in one at a time. The savers are the inverse tables, written through
-`safetensors_io.write_checkpoint`. The layouts themselves, and what was checked against which library
-version, are in docs/formats.md.
+and the tensors are streamed in one at a time, from safetensors or (safely) PyTorch `.bin` files. The
+savers are the inverse tables, written through `safetensors_io.write_checkpoint`. The layouts
+themselves, and what was checked against which library version, are in docs/formats.md.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def rename_clip_vision(key: str) -> str | None:
 
 
 def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None) -> nn.Module:
-    """CLIP's vision tower from a CLIPModel or CLIPVisionModel checkpoint (a directory or a
-    .safetensors file) as a `VisionTransformer` in eval mode. Sizes come from `config.json` (its
+    """CLIP's vision tower from a CLIPModel or CLIPVisionModel checkpoint (a directory, a .safetensors
+    file or a PyTorch .bin) as a `VisionTransformer` in eval mode. Sizes come from `config.json` (its
     `vision_config` for a full CLIP model) unless a `VisionConfig` is passed as `cfg`."""
     from .config import VisionConfig
     from .vision import VisionTransformer
@@ -146,7 +146,8 @@ def llama_config_to_hf(cfg, dtype: torch.dtype) -> dict:
 
 
 def load_llama(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A HF LLaMA directory (config.json + model.safetensors, or shards + index) as `LLaMA` in eval mode."""
+    """A HF LLaMA directory (config.json + model.safetensors, or shards + index; or the same as PyTorch
+    `.bin` files) as `LLaMA` in eval mode."""
     from .llama import LLaMA
     if (hf := read_config(path)) is None:
         raise CheckpointError(f"{path}: no config.json (expected a Hugging Face LLaMA directory)")
@@ -164,8 +165,14 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Modul
 
 def save_llama(model: nn.Module, path: str | Path, max_shard_size: int | str = "5GB") -> Path:
     """`model` as a HF `LlamaForCausalLM` directory (what `from_pretrained` loads), dtype kept.
-    Only base weights: names with "lora_" are skipped (merge LoRA first); a tied lm_head is left out."""
+    Only base weights: LoRA must be merged first (`lora.merge_lora`; an unmerged adapter is refused, not
+    dropped), its "lora_" tensors are then left out; so is a tied lm_head."""
     from .llama import LLaMA
+    from .lora import lora_layers
+    unmerged = [name for name, layer in lora_layers(model).items() if not layer.merged]
+    if unmerged:
+        raise ValueError(f"save_llama: {len(unmerged)} LoRA layers are not merged ({shorten(unmerged, 4)}); "
+                         "call lora.merge_lora(model) first, or save the adapter with lora.save_lora")
     cfg, skip = model.cfg, ("lm_head.weight" if model.cfg.tie_embeddings else None)
     hf_name = lambda n: n if n == "lm_head.weight" else "model." + n
     tensors = {hf_name(n): t.detach() for n, t in model.state_dict().items() if "lora_" not in n and n != skip}
@@ -177,3 +184,105 @@ def save_llama(model: nn.Module, path: str | Path, max_shard_size: int | str = "
     specs = {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
     hf = llama_config_to_hf(cfg, specs["model.embed_tokens.weight"][1])
     return write_checkpoint(path, hf, specs, tensors.__getitem__, max_shard_size)
+
+
+# mPLUG-Owl's video model (`MAGAer13/mplug-owl-llama-7b-video`; docs/formats.md, mPLUG-Owl video): the
+# checkpoint the official GPT4Video code fine-tunes. One state dict holds ViT, abstractor and LLaMA; its
+# config.json is transformers-4.29 era, sizes nested in `vision_config`, `visual_abstractor_config`,
+# `text_config` (possibly saved as a diff: the defaults below are its config classes').
+OWL_VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           num_channels=3, image_size=224, patch_size=14, layer_norm_eps=1e-6, hidden_act="quick_gelu")
+OWL_ABSTRACTOR_DEFAULTS = dict(hidden_size=1024, num_hidden_layers=6, num_attention_heads=16, intermediate_size=4096,
+                               attention_probs_dropout_prob=0.1, layer_norm_eps=1e-6, encoder_hidden_size=1024)
+OWL_TEXT_DEFAULTS = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+OWL_KEYS = {                                               # official (after a prefix) -> ours (GPT4Video)
+    "query_tokens": "abstractor.query_tokens", "temporal_query_tokens": "abstractor.temporal_query_tokens",
+    "vision_model.embeddings.cls_token": "vision.class_token",        # (1, 1, D) -> (D,): see load_checkpoint
+    "vision_model.embeddings.patch_embed.weight": "vision.patch_embed.weight",
+    "vision_model.embeddings.position_embedding": "vision.pos_embed",   # (1, 1+P, D) -> (1+P, D)
+    "vision_model.embeddings.pre_layernorm": "vision.ln_pre", "vision_model.post_layernorm": "vision.ln_post",
+    "abstractor.visual_fc": "abstractor.proj", "abstractor.temporal_visual_fc": "abstractor.temporal_proj",
+    "abstractor.vit_eos": "abstractor.eos",
+}
+OWL_VISION_LAYER_KEYS = {"input_layernorm": "ln_1", "self_attn.query_key_value": "attn.qkv",
+                         "self_attn.dense": "attn.out_proj", "post_attention_layernorm": "ln_2"}
+OWL_ABSTRACTOR_LAYER_KEYS = {"attention.": "", "output.out_proj": "out_proj", "output.norm2": "norm2",
+                             "output.mlp.": "mlp."}     # `crossattention.` dropped; norm1 / normk keep their names
+
+
+def mplug_owl_abstractor_mlp(intermediate_size: int) -> int:
+    """The abstractor MLP's width as mPLUG-Owl derives it: 2/3 of `intermediate_size` rounded up to a multiple
+    of 256 (4096 -> 2816), unless it already is 2816. The config's number is *not* the width."""
+    if intermediate_size == 2816:
+        return intermediate_size
+    return 256 * -(-int(2 * intermediate_size / 3) // 256)
+
+
+def mplug_owl_config(hf: dict, where: str | Path = "config.json"):
+    """The `owl-video` G4VConfig for an mPLUG-Owl config.json (sizes from the file, the rest the preset's)."""
+    import dataclasses
+    from .config import AbstractorConfig, VisionConfig, preset
+    if not isinstance(hf, dict) or hf.get("model_type", "mplug-owl") != "mplug-owl" or "text_config" not in hf:
+        raise CheckpointError(f"{where}: not an mPLUG-Owl config (needs model_type 'mplug-owl' and text_config)")
+    v = {**OWL_VISION_DEFAULTS, **(hf.get("vision_config") or {})}
+    a = {**OWL_ABSTRACTOR_DEFAULTS, **(hf.get("visual_abstractor_config") or {})}
+    if not (a["hidden_size"] == a["encoder_hidden_size"] == v["hidden_size"]):
+        raise CheckpointError(f"{where}: abstractor width {a['hidden_size']} / encoder_hidden_size "
+                              f"{a['encoder_hidden_size']} differ from the ViT's {v['hidden_size']}")
+    base = preset("owl-video")
+    vision = VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], dim=v["hidden_size"],
+                          n_layers=v["num_hidden_layers"], n_heads=v["num_attention_heads"], mlp_dim=v["intermediate_size"],
+                          norm_eps=v["layer_norm_eps"], act=v["hidden_act"], in_channels=v["num_channels"],
+                          post_layernorm_all_tokens=True, temporal=True, fused_qkv=True)
+    abstractor = AbstractorConfig(dim=a["hidden_size"], n_layers=a["num_hidden_layers"], n_heads=a["num_attention_heads"],
+                                  mlp_dim=mplug_owl_abstractor_mlp(a["intermediate_size"]), norm_eps=a["layer_norm_eps"],
+                                  num_queries=hf.get("num_query_tokens", 64),
+                                  attn_dropout=a["attention_probs_dropout_prob"], variant="official")
+    llama = llama_config_from_hf({**OWL_TEXT_DEFAULTS, **hf["text_config"]}, where)
+    return dataclasses.replace(base, vision=vision, abstractor=abstractor, llama=llama)
+
+
+def rename_mplug_owl(key: str) -> str | None:
+    """Official mPLUG-Owl (video) key -> our GPT4Video name; None for RoPE's saved inv_freq tables."""
+    if key.endswith("rotary_emb.inv_freq"):
+        return None
+    if key.startswith("language_model."):
+        return "llm." + key.removeprefix("language_model.").removeprefix("model.")
+    module, _, leaf = key.rpartition(".")
+    if key in OWL_KEYS or module in OWL_KEYS:
+        return OWL_KEYS[key] if key in OWL_KEYS else f"{OWL_KEYS[module]}.{leaf}"
+    for prefix, ours in (("vision_model.encoder.layers.", "vision.blocks."), ("abstractor.encoder.layers.", "abstractor.layers.")):
+        if key.startswith(prefix):
+            i, _, rest = key.removeprefix(prefix).partition(".")
+            if prefix.startswith("vision"):
+                inner, _, leaf = rest.rpartition(".")
+                rest = f"{OWL_VISION_LAYER_KEYS.get(inner, inner)}.{leaf}"
+            else:
+                rest = rest.removeprefix("crossattention.")
+                for theirs, mine in OWL_ABSTRACTOR_LAYER_KEYS.items():
+                    rest = rest.replace(theirs, mine, 1) if rest.startswith(theirs) else rest
+            return f"{ours}{i}.{rest}"
+    return key                                   # unknown: comes back as is, and is "unexpected"
+
+
+def load_mplug_owl(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """mPLUG-Owl's video checkpoint (a directory: config.json + pytorch_model.bin or safetensors, sharded or
+    not) as a `GPT4Video` of the `owl-video` preset in eval mode: `encode_video(pixels (B, T, 3, S, S))` gives
+    its N + 1 video tokens (B, N + 1, d_llm), `.llm(tokens)` its LLaMA's logits. ViT and LLaMA in `dtype`;
+    the abstractor in float32, as GPT4Video keeps its trainable parts. Every key is checked before any data
+    is read, then the tensors are streamed in one at a time."""
+    from .model import GPT4Video
+    if (hf := read_config(path)) is None:
+        raise CheckpointError(f"{path}: no config.json (expected an mPLUG-Owl checkpoint directory)")
+    cfg = mplug_owl_config(hf, Path(path) / "config.json")
+    with torch.device("meta"):
+        model = GPT4Video(cfg)
+    if cfg.llama.tie_embeddings:
+        del model.llm.lm_head.weight             # re-tied to embed_tokens below, as load_llama does
+    skip = lambda key: key == "language_model.lm_head.weight" and cfg.llama.tie_embeddings
+    load_checkpoint(model, path, lambda key: None if skip(key) else rename_mplug_owl(key), dtype)
+    model.llm.tie_weights()
+    model.abstractor.float()
+    return model.requires_grad_(False).eval()

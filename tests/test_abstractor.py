@@ -60,10 +60,10 @@ def cross_attention_layer(P, pre, Q, Fv):
     return x + linear(g, P, f"{pre}.mlp.w2")
 
 
-def stream(P, name, Fv):
-    x = P[f"{name}.queries"]
+def stream(P, name, Fv, queries=None):
+    x = P[f"{name}.queries"] if queries is None else queries
     for i in range(L):
-        x = cross_attention_layer(P, f"{name}.layers.{i}", x, Fv)
+        x = cross_attention_layer(P, f"{name}.layers.{i}" if name else f"layers.{i}", x, Fv)
     return x
 
 
@@ -77,7 +77,7 @@ def reference(model, video):
         timed = [frames[t] + P["temporal_embed"][t] for t in range(T)]                # + E_t[t] on frame t
         F_t = stream(P, "temporal", torch.cat(timed))                                    # Eq. 3
         return F_s, F_t, linear(F_s + F_t, P, "proj")                                    # Eq. 4, W F̂ + b
-    x = stream(P, "joint", torch.cat(frames))
+    x = stream(P, "", torch.cat(frames), torch.cat([P["query_tokens"], P["temporal_query_tokens"]]))
     F_s, F_t = x[:N], x[N:]
     out = linear(F_s, P, "proj") + linear(F_t, P, "temporal_proj")
     return F_s, F_t, torch.cat([out, P["eos"]])
@@ -136,8 +136,7 @@ def test_gradients_reach_the_queries(variant):
     if variant == "paper":
         grads = [model.spatial.queries.grad, model.temporal.queries.grad, model.temporal_embed.grad]
     else:
-        g = model.joint.queries.grad
-        grads = [g[:N], g[N:], model.eos.grad]
+        grads = [model.query_tokens.grad, model.temporal_query_tokens.grad, model.eos.grad]
     for g in grads:
         assert g is not None and g.abs().min(-1).values.gt(0).all()  # every query / frame / eos row
 
@@ -202,4 +201,15 @@ def test_build_abstractor_picks_the_class_and_num_output_tokens_has_one_home():
         VideoAbstractor(official.cfg, CFG.vision.dim, LLM_DIM, T)
     top = lambda m: {k.split(".")[0] for k in m.state_dict()}      # the state-dict names checkpoints hold
     assert top(paper) == {"spatial", "temporal", "temporal_embed", "proj"}
-    assert top(official) == {"joint", "proj", "temporal_proj", "eos"}
+    assert top(official) == {"query_tokens", "temporal_query_tokens", "layers", "proj", "temporal_proj", "eos"}
+
+
+def test_the_official_abstractor_on_one_frame_runs_the_spatial_queries_alone():
+    """mPLUG-Owl on an image (T = 1): the N spatial queries only, `visual_fc` only, then the end token."""
+    model = make("official")
+    x = features(2)[:, :1]                                              # (B, 1, 1+P, D)
+    P = {k: v.double() for k, v in model.state_dict().items()}
+    for b in range(2):
+        F_s = stream(P, "", x[b, 0].double(), P["query_tokens"])
+        want = torch.cat([linear(F_s, P, "proj"), P["eos"]])
+        assert torch.allclose(model(x)[b].double(), want, atol=1e-5)

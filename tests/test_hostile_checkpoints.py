@@ -259,11 +259,12 @@ def test_a_pickle_or_a_huge_header_as_frozen_weights_is_refused_unread(tiny_ckpt
     (llama / "pytorch_model.bin").write_bytes(pickle.dumps(Evil(tmp_path / "pwned"), protocol=2))
     with pytest.raises(CheckpointError) as e:
         load_llama(llama)
-    assert str(e.value) == f"{llama}: no model.safetensors or model.safetensors.index.json in this directory"
+    assert str(e.value) == (f"{llama / 'pytorch_model.bin'}: not a PyTorch checkpoint in torch.save's zip format "
+                            "(a legacy or other pickle is not read)")
     (tmp_path / "vision.pt").write_bytes(pickle.dumps(Evil(tmp_path / "pwned"), protocol=2))
     with pytest.raises(CheckpointError) as e:
         load_vision(tmp_path / "vision.pt", cfg=load_vision(tiny_ckpt / "vision").cfg)
-    assert str(e.value) == f"{tmp_path / 'vision.pt'}: not a .safetensors file"
+    assert str(e.value) == f"{tmp_path / 'vision.pt'}: not a .safetensors or .bin file"
     raw = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [2**20, 2**20],
                                                     "data_offsets": [0, 2**42]}}).encode()
     (llama / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 16)
