@@ -13,12 +13,14 @@ from einops import rearrange
 from nanog4v.config import preset
 from nanog4v.data import AI, HUMAN, IGNORE, SYSTEM, encode_conversation, layout
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
-from nanog4v.toy.stage0 import Stage0Error, Stage0Settings, encode_document, pretraining_documents, run_stage0
-from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, frame, loosen, reading_caption,
-                                        reading_documents)
-from nanog4v.toy.stage0_vision import attribute_accuracy, hazard_separation, patch_targets
+from nanog4v.toy.stage0 import (Stage0Error, Stage0Settings, by_length, encode_document, pretraining_documents,
+                               run_stage0)
+from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, drill_documents, frame, loosen,
+                                        reading_caption, reading_documents)
+from nanog4v.toy.stage0_vision import attribute_accuracy, fresh_clips, hazard_separation, patch_targets, pretrain_vision
 from nanog4v.tokenizer import Tokenizer
-from nanog4v.toy.worlddir import WorldError, write_world
+from nanog4v.toy.datasets import scene_labels
+from nanog4v.toy.worlddir import WorldError, read_world, write_world
 from nanog4v.toy.phrases import PHRASINGS
 from nanog4v.toy.world import (COLOURS, POSITION_PHRASES, SHAPES, Scene, Thing, parse_caption, render,
                                sample_scene)
@@ -240,8 +242,9 @@ def test_the_slot_text_puts_every_attribute_before_its_noun():
 def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
     meta = json.loads((world / "world.json").read_text())
     pairs = [f"{c} {s}" for c, s in meta["heldout_pairs"]]
-    docs = pretraining_documents(world, "train") + reading_documents(200, {tuple(p) for p in meta["heldout_pairs"]},
-                                                                     random.Random(0))
+    held_pairs = {tuple(p) for p in meta["heldout_pairs"]}
+    docs = (pretraining_documents(world, "train") + reading_documents(200, held_pairs, random.Random(0))
+            + drill_documents(200, held_pairs, random.Random(1), reading_caption))
     text = "\n".join("".join(p.text for p in d) for d in docs)
     assert pairs and not [p for p in pairs if p in text]
     held = [as_pattern(h) for _, hs in PHRASINGS.values() for h in hs]
@@ -282,3 +285,54 @@ def test_reading_practice_asks_in_wider_words_but_never_a_held_out_phrasing():
 def as_pattern(template: str) -> re.Pattern:
     """A phrasing template as a regular expression, each {slot} any words."""
     return re.compile(re.sub(r"\\{\w+\\}", ".+", re.escape(template)))
+
+
+def test_a_binding_drill_asks_every_attribute_of_every_object_and_learns_only_the_answers(stage0):
+    tok = Tokenizer(stage0["tokenizer"])
+    held = {("white", "circle"), ("green", "square")}
+    docs = drill_documents(100, held, random.Random(0), reading_caption)
+    assert len(docs) == 100
+    for d in docs:
+        slot = d[2].text                                        # after the system text and "###Human: <video>"
+        assert d[1].text.endswith("<video>") and d[3].text.startswith("</video>")
+        answers = [p.text for p in d if p.kind == "answer"]
+        n = slot.split(":", 1)[1].count(";") + 1               # objects in the slot text
+        assert n in (2, 3)                                      # never one object: no copy-any-colour shortcut
+        assert len(answers) == 4 * n                            # colour, motion, place and shape of each
+        assert "white circle" not in slot and "green square" not in slot
+        ids, labels = encode_document(tok, d)
+        targets = tok.decode([t for t in labels if t != IGNORE])
+        assert targets.replace("</s>", "").split() == " ".join(answers).split()   # the answers, nothing else
+
+
+def test_by_length_puts_one_document_in_a_row_within_the_token_budget():
+    rng = random.Random(0)
+    docs = [(list(range(k)), list(range(k))) for k in rng.choices(range(5, 60), k=200)]
+    batches = by_length(docs, 50, 200, random.Random(1))
+    rows = [row for b in batches for row in b]
+    assert sorted(len(ids) for ids, _ in rows) == sorted(min(len(ids), 50) for ids, _ in docs)   # each once, cut
+    assert all(len(b) * max(len(ids) for ids, _ in b) <= 200 for b in batches if len(b) > 1)
+    assert all(ids == list(range(len(ids))) for ids, _ in rows)                                # never joined
+
+
+def test_fresh_vit_clips_are_train_split_scenes_rendered_at_the_sampled_frames(world):
+    """Fresh ViT clips: never a held-out pair, labelled by their own scene, frames exactly the
+    renderer's at the indices stage 1 samples; hazards at the requested share."""
+    meta, _ = read_world(world)
+    held = {tuple(p) for p in meta["heldout_pairs"]}
+    rows = fresh_clips(400, meta, 2, 0.25, random.Random(0))
+    hazards = 0
+    for r in rows:
+        scene = Scene.from_dict(r["scene"])
+        assert not {(t.colour, t.shape) for t in scene.objects} & held and r["labels"] == scene_labels(scene)
+        hazards += scene.hazard
+    assert 0.15 < hazards / len(rows) < 0.35
+    full = render(Scene.from_dict(rows[0]["scene"]), meta["frames"], meta["size"])   # 4 frames; 2 sampled
+    assert rows[0]["frames"].shape == (2, meta["size"], meta["size"], 3) and torch.equal(
+        rows[0]["frames"], torch.from_numpy(full[[1, 3]]))
+
+
+def test_fresh_clips_add_steps_to_the_vit_epochs(world):
+    train = sum(r["split"] == "train" for r in read_world(world)[1])
+    _, m = pretrain_vision(CFG.vision, world, 2, epochs=2, batch=4, fresh=1.0, log=lambda *a: None)
+    assert m["steps"] == 2 * ((2 * train) // 4) and len(m["losses"]) == m["steps"]

@@ -40,6 +40,13 @@ What it gained at each step, and what this stage still does not teach (binding a
 of two or three objects it names), is recorded in weights/nano/README.md ("Experiments behind the
 recipe", "What limits it").
 
+**Binding drills and rows** (`Stage0Settings.llama_drills`, `llama_rows`; both off by default). A drill
+is a two- or three-object text scene followed by every object's colour, shape, motion and place asked,
+loss on the answers only (`stage0_reading.drill_documents`): the associative-recall layout that small
+models learn in-context lookup from. `llama_rows = "documents"` gives each document a row of its own
+(`by_length`), so a question never sees another clip's words. Both were measured against the default
+and are recorded in weights/nano/README.md with what they gained.
+
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
 """
@@ -65,7 +72,7 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
-from .stage0_reading import reading_caption, reading_documents, with_caption
+from .stage0_reading import drill_documents, reading_caption, reading_documents, with_caption
 from .world import Scene, caption
 from .stage0_vision import pretrain_vision
 
@@ -83,6 +90,7 @@ class Stage0Settings:
     vit_dense_weight: float = 1.0      # per-patch colour/shape loss beside the clip labels (0: off)
     llama_epochs: int = 4
     llama_reading: float = 0.4         # reading practice: wider-world text scenes per epoch, per train clip
+    llama_drills: float = 0.0          # binding drills (stage0_reading.drill_documents) per epoch, per train clip
     llama_batch: int = 8               # rows of packed documents per step
     llama_block: int = 256             # tokens per row
     llama_lr: float = 1e-3
@@ -90,6 +98,7 @@ class Stage0Settings:
     warmup_frac: float = 0.05          # of each schedule's steps; then cosine to 10 %
     eval_n: int = 64                   # val questions the LLaMA answers from captions (0: skip)
     llama_slot: str = "caption"        # what the video slot holds in its text: SLOTS
+    llama_rows: str = "packed"         # "packed": documents packed into rows; "documents": one a row
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
@@ -170,6 +179,23 @@ def pack(docs: list[tuple[list[int], list[int]]], length: int, rng: random.Rando
     return rows + [row] if row[0] else rows
 
 
+def by_length(docs: list[tuple[list[int], list[int]]], length: int, tokens: int,
+              rng: random.Random) -> list[list[tuple[list[int], list[int]]]]:
+    """Batches of one document a row: shuffled, sorted by length (so little is padding), cut into batches
+    of at most `tokens` tokens, the batches shuffled. No row holds two documents, so a question can only
+    find the words of its own clip (packed, "the circle" may be an earlier document's)."""
+    docs = sorted(((ids[:length], labels[:length]) for ids, labels in rng.sample(docs, len(docs))),
+                  key=lambda d: len(d[0]))
+    batches, batch = [], []
+    for doc in docs:
+        if batch and (len(batch) + 1) * len(doc[0]) > tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(doc)
+    batches += [batch] if batch else []
+    return rng.sample(batches, len(batches))
+
+
 def lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows → inputs (B, L−1) and next-token targets (B, L−1), padding targeted IGNORE (−100)."""
     L = max(len(ids) for ids, _ in rows)
@@ -225,14 +251,22 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
-    rows = [pack(docs["train"] + [encode_document(tokenizer, d) for d in reading_documents(reading, held, rng, slot)],
-                 length, rng) for _ in range(settings.llama_epochs)]             # one list per epoch
-    b = settings.llama_batch
-    batches = [epoch[i:i + b] for epoch in rows for i in range(0, len(epoch), b)]
+    drills = round(settings.llama_drills * train_clips)
+    if settings.llama_rows not in ("packed", "documents"):
+        raise Stage0Error(f"llama_rows must be packed or documents, not {settings.llama_rows!r}")
+    b, batches = settings.llama_batch, []
+    for _ in range(settings.llama_epochs):
+        text = reading_documents(reading, held, rng, slot) + drill_documents(drills, held, rng, slot)
+        epoch = docs["train"] + [encode_document(tokenizer, d) for d in text]
+        if settings.llama_rows == "packed":
+            rows = pack(epoch, length, rng)
+            batches += [rows[i:i + b] for i in range(0, len(rows), b)]
+        else:                                                  # the same tokens a step, in short rows
+            batches += by_length(epoch, length, b * (length - 1), rng)
     total, tokens = len(batches), sum(len(ids) for ids, _ in docs["train"])
     log(f"stage 0 LLaMA: {len(docs['train'])} documents, {tokens:,} tokens (tokenised in {time.time() - started:.1f}s) "
-        f"+ {reading} reading-practice scenes an epoch; "
-        f"{settings.llama_epochs} epochs of {len(rows[0])} rows ≤ {length} tokens = {total} steps")
+        f"+ {reading} reading-practice scenes and {drills} drills an epoch; "
+        f"{settings.llama_epochs} epochs, rows ≤ {length} tokens ({settings.llama_rows}) = {total} steps")
     torch.manual_seed(seed)
     model = LLaMA(cfg)
     opt = make_optimizer(model.named_parameters(), settings.llama_lr, settings.weight_decay)

@@ -22,6 +22,9 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
   questions about the clip, as chat.py's users ask (a model that never saw that order answered "Show
   me a red circle moving left." about a clip with "red").
 
+`drill_documents` are drills alone (every object's colour, shape, motion and place, of two- or
+three-object scenes only), for `Stage0Settings.llama_drills`.
+
 What it gained: weights/nano/README.md ("Experiments behind the recipe"). Only train phrasings and the
 paraphrases are used; the world's held-out phrasings and pairs never appear.
 """
@@ -163,6 +166,38 @@ def reading_scene(rng: random.Random, held: set) -> Scene:
     return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
 
 
+def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False) -> list[dict]:
+    """A video turn, then every object's colour, motion and place asked (objects in random order); with
+    `shapes`, its shape too and the questions of each object shuffled. Each question needs the one object
+    it names. (Without `shapes` the questions keep that order: the shipped checkpoint's text was drawn so.)"""
+    turns = [{"from": "human", "video": 0}]
+    for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
+        thing = scene.objects[i]
+        asks = [("colour", refer(scene, i, "colour"), thing.colour), ("motion", refer(scene, i), thing.motion),
+                ("position", refer(scene, i, "position"), POSITION_PHRASES[thing.position])]
+        if shapes:
+            asks = rng.sample(asks + [("shape", refer(scene, i, "shape"), thing.shape)], len(asks) + 1)
+        for intent, ref, answer in asks:
+            if ref:
+                question = rng.choice(WIDER[intent][0]).format(ref=ref)
+                turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
+    return turns
+
+
+def drill_documents(n: int, held: set, rng: random.Random, slot=caption) -> list[list[Part]]:
+    """n short binding drills: a wider-world scene of two or three objects written in the video slot as
+    `slot(scene)`, then `drill_turns` (every attribute of every object). One-object scenes are left out:
+    there any colour in the slot is the answer, a shortcut that delays learning to look up the object
+    the question names."""
+    docs = []
+    while len(docs) < n:
+        scene = reading_scene(rng, held)
+        if len(scene.objects) > 1:
+            turns = drill_turns(scene, rng, shapes=True)
+            docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
+    return docs
+
+
 def reading_documents(n: int, held: set, rng: random.Random, slot=caption) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
@@ -176,15 +211,7 @@ def reading_documents(n: int, held: set, rng: random.Random, slot=caption) -> li
             for turn in turns[1::2]:                                    # the human questions
                 turn["value"] = loosen(turn["value"], rng)
             docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
-        turns = [{"from": "human", "video": 0}]                  # every object's colour, motion and place
-        for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
-            thing = scene.objects[i]
-            for intent, ref, answer in (("colour", refer(scene, i, "colour"), thing.colour),
-                                        ("motion", refer(scene, i), thing.motion),
-                                        ("position", refer(scene, i, "position"), POSITION_PHRASES[thing.position])):
-                if ref:
-                    question = rng.choice(WIDER[intent][0]).format(ref=ref)
-                    turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
+        turns = drill_turns(scene, rng)
         if rng.random() < 0.5:                                          # a request alone, of this scene
             if len(turns) > 1:
                 docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))

@@ -25,6 +25,7 @@ accuracy is in stage0.json.
 """
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from ..trainer import lr_at, make_optimizer
 from ..video import sample_frame_indices, sample_frames
 from ..vision import VisionTransformer, preprocess
 from .worlddir import WorldError, read_world
-from .world import MASKS, Scene, object_coordinates
+from .datasets import scene_labels
+from .world import MASKS, Scene, object_coordinates, render, sample_scene
 
 
 def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
@@ -75,6 +77,19 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
         colour[i].index_add_(1, torch.tensor(colour_id), share)                 # background (−1) is the last K+1
         shape[i].index_add_(1, torch.tensor(shape_id), share)
     return colour, shape
+
+
+def fresh_clips(n: int, meta: dict, num_frames: int, hazard_share: float, rng: random.Random) -> list[dict]:
+    """n new train-split scenes, rendered as the world renders its clips (never a held-out pair; the
+    hazard sign in `hazard_share` of them), as scenes.jsonl rows plus "frames" (T, H, W, 3) uint8 at
+    the frames stage 1 samples. Rendered straight, not through the mp4 codec."""
+    held, n_src = {tuple(p) for p in meta["heldout_pairs"]}, meta["frames"]
+    rows = []
+    for _ in range(n):
+        scene = sample_scene(rng, held, hazard=rng.random() < hazard_share)
+        frames = render(scene, n_src, meta["size"])[sample_frame_indices(n_src, num_frames)]
+        rows.append({"scene": scene.to_dict(), "labels": scene_labels(scene), "frames": torch.from_numpy(frames)})
+    return rows
 
 
 def dense_targets(rows: list[dict], meta: dict, num_frames: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,9 +168,10 @@ def hazard_separation(train_emb, train_hazard, test_emb, test_hazard) -> dict:
 
 def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: int = 6, batch: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.05, warmup_frac: float = 0.05, seed: int = 0,
-                    dense_weight: float = 1.0, log=print) -> tuple[VisionTransformer, dict]:
-    """Train a ViT on the world's train clips (attribute prediction, see the module docstring);
-    returns it in eval mode and {"losses", "val", "hazard", ...}."""
+                    dense_weight: float = 1.0, fresh: float = 0.0, log=print) -> tuple[VisionTransformer, dict]:
+    """Train a ViT on the world's train clips (attribute prediction, see the module docstring), and
+    every epoch on `fresh` × as many newly rendered train-split scenes (`fresh_clips`); returns it in
+    eval mode and {"losses", "val", "hazard", ...}."""
     meta, scenes = read_world(world_dir)
     names, vocab = meta["label_names"], meta["vocab"]
     split = {s: [r for r in scenes if r["split"] == s] for s in ("train", "val", "heldout")}
@@ -175,12 +191,23 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
     params = [(f"{prefix}.{n}", p) for prefix, m in (("vit", vit), ("head", head), ("dense_head", dense_head))
               for n, p in m.named_parameters()]
     opt = make_optimizer(params, lr, weight_decay)
-    frames, labels = data["train"]
-    per_epoch = max(1, len(frames) // batch)
+    index = {name: k for k, name in enumerate(names)}
+    n_fresh, rng = round(fresh * len(split["train"])), random.Random(f"{seed}:fresh-clips")
+    hazard_share = sum(r["hazard"] for r in split["train"]) / len(split["train"])
+    per_epoch = max(1, (len(split["train"]) + n_fresh) // batch)
     total = per_epoch * epochs
     warmup, g, losses, step = round(warmup_frac * total), torch.Generator().manual_seed(seed), [], 0
     vit.train()
     for epoch in range(epochs):
+        frames, labels, dense = *data["train"], targets["train"]
+        if n_fresh:                                                             # this epoch's new scenes
+            new = fresh_clips(n_fresh, meta, num_frames, hazard_share, rng)
+            new_labels = torch.zeros(n_fresh, len(names))                       # (F, K) multi-hot
+            for i, r in enumerate(new):
+                new_labels[i, [index[name] for name in r["labels"]]] = 1.0
+            frames = torch.cat([frames, torch.stack([r["frames"] for r in new])])
+            labels = torch.cat([labels, new_labels])
+            dense = [torch.cat(pair) for pair in zip(dense, dense_targets(new, meta, num_frames, grid))]
         order = torch.randperm(len(frames), generator=g)
         for b in range(per_epoch):
             idx = order[b * batch:(b + 1) * batch]
@@ -191,8 +218,8 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
             loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx])  # head: (B, K)
             if dense_weight:
                 colour, shape = dense_head(tokens[:, :, 1:]).split([n_colour, n_shape], -1)  # (B, T, P, ·)
-                loss = loss + dense_weight * (soft_cross_entropy(colour, targets["train"][0][idx])
-                                              + soft_cross_entropy(shape, targets["train"][1][idx]))
+                loss = loss + dense_weight * (soft_cross_entropy(colour, dense[0][idx])
+                                              + soft_cross_entropy(shape, dense[1][idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
