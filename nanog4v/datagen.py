@@ -10,12 +10,14 @@ the 10 most similar by cosine similarity, and pick one or two of them at random.
     embedder(texts) -> (n, d)            pluggable; default TfidfEmbedder (numpy, offline, no download)
     top_k_related(emb, k=10)             (n, k) neighbour indices by cosine, self excluded
     single_video_prompt / multi_video_prompt -> the instruction we give the dialogue writer
-    writer.write(prompt) -> str          pluggable: OpenAIChatWriter (API) or TemplateWriter (toy world)
+    writer.write(prompt) -> str          pluggable: OpenAIChatWriter (API), LocalLlamaWriter (a local chat
+                                         LLaMA, nanog4v/llm_writer.py) or TemplateWriter (toy world)
     parse_dialogue(text, n_videos)       turns, with every video tag checked (open/close, numbering)
     build_dialogues(...) -> records      JSON records {"id", "kind", "sources", "conversations": [...]}
 
 The prompt text is ours (the paper does not publish GPT-4's prompt); it asks for exactly what the paper
 describes. Run: python -m nanog4v.datagen --captions captions.csv --out dialogues.jsonl
+[--writer template | openai --model gpt-4 | local --llm DIR [--chat-template llama2|vicuna|plain]]
 """
 from __future__ import annotations
 
@@ -355,6 +357,21 @@ def build_dialogues(captions: list[Caption], writer: DialogueWriter, n_single: i
     return records, skipped
 
 
+def make_writer(args) -> DialogueWriter:
+    """The --writer that main's arguments ask for."""
+    if args.writer == "template":
+        return TemplateWriter(args.seed)
+    if args.writer == "openai":
+        return OpenAIChatWriter(args.model)
+    import torch
+
+    from .llm_writer import LocalLlamaWriter
+    return LocalLlamaWriter.from_pretrained(
+        args.llm, args.tokenizer, dtype=torch.float32 if args.device == "cpu" else torch.bfloat16,
+        device=args.device, template=args.chat_template, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="GPT4Video-50k-style dialogues from a caption table (§3.4).")
     ap.add_argument("--captions", required=True, help=".csv / .jsonl / .json of {id, caption}")
@@ -362,16 +379,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-single", type=int, default=100)
     ap.add_argument("--n-multi", type=int, default=100)
     ap.add_argument("--k", type=int, default=10, help="retrieve related captions from the top k")
-    ap.add_argument("--writer", choices=["template", "openai"], default="template")
+    ap.add_argument("--writer", choices=["template", "openai", "local"], default="template",
+                    help="template: the toy world's; openai: an API model; local: a chat LLaMA (--llm)")
     ap.add_argument("--model", default="gpt-4", help="API model for --writer openai")
+    ap.add_argument("--llm", help="--writer local: a Hugging Face LLaMA chat model directory")
+    ap.add_argument("--tokenizer", help="--writer local: tokenizer.model (default: the one in --llm)")
+    ap.add_argument("--chat-template", default="llama2",
+                    help="--writer local: llama2 ([INST] … [/INST]), vicuna, plain, or a string with {prompt}")
+    ap.add_argument("--temperature", type=float, default=0.7, help="--writer local: 0 = greedy")
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="--writer local")
+    ap.add_argument("--device", default="cpu", help="--writer local: e.g. cuda")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.writer == "local" and not args.llm:
+        ap.error("--writer local needs --llm DIR")
     try:
         captions = read_captions(args.captions)
+        writer = make_writer(args)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    writer = TemplateWriter(args.seed) if args.writer == "template" else OpenAIChatWriter(args.model)
     records, skipped = build_dialogues(captions, writer, args.n_single, args.n_multi, k=args.k,
                                        seed=args.seed)
     with open(args.out, "w", encoding="utf-8") as f:

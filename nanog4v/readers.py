@@ -6,8 +6,10 @@
   turns show videos with ``<video> caption </video>`` / ``<videoK> caption </videoK>``;
 - ``read_safety``: the same shape plus ``"label": "refuse"|"benign"``;
 - ``read_jsonl``: generic ``{"video"?: path | [paths], "conversations": [...], "label"?}``;
+- ``read_meta_json``: the official GPT4Video code's ``meta.json``, ``{"train": [{"video"?: path,
+  "instruction": "###Human: …###AI: …"}, …], "test": [...]}`` (one split at a time, "train" by default);
 - ``read_records``: any mix of these files, each format recognised from its first well-formed record
-  (``sniff_format``).
+  (a meta.json by its "train" / "test" lists; ``sniff_format``).
 
 A malformed record is skipped and counted by reason in a ``SkipCounter`` (the first few printed as
 ``file:line: problem``), or raises ``DataError("file:line: problem")`` with ``strict=True``; a missing
@@ -20,17 +22,21 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .data import VIDEO_TAG, DataError, SkipCounter, check_conversation
+from .data import SYSTEM, VIDEO_TAG, DataError, SkipCounter, check_conversation
+
+
+def _text(path: Path) -> str:
+    """A data file's text (UTF-8, a BOM allowed)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, object]]:
-    """Yield (line number, record) from a JSON list file or a JSONL file (UTF-8, a BOM allowed); a bad
-    JSONL line yields a DataError in place of its record. A JSON list that does not parse is one error
-    for the file."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+    """Yield (line number, record) from a JSON list file or a JSONL file; a bad JSONL line yields a
+    DataError in place of its record. A JSON list that does not parse is one error for the file."""
+    text = _text(path)
     if text.lstrip().startswith("["):
         yield from _json_list(path, text)
         return
@@ -68,11 +74,12 @@ def _json_list(path: Path, text: str) -> Iterator[tuple[int, object]]:
         raise DataError(f"{path}:{line}: invalid JSON (extra data after ']')", "invalid JSON")
 
 
-def _read(path, parse: Callable[[object], dict], strict: bool, skips: SkipCounter | None) -> Iterator[dict]:
+def _read(path, parse: Callable[[object], dict], strict: bool, skips: SkipCounter | None,
+          records: Callable[[Path], Iterator[tuple[int, object]]] = _json_records) -> Iterator[dict]:
     """Parse every record; a bad one is counted in `skips` (or raised as "file:line: problem")."""
     path, skips = Path(path), skips if skips is not None else SkipCounter()
     _check_file(path)
-    for line, obj in _json_records(path):
+    for line, obj in records(path):
         where = f"{path}:{line}"
         try:
             if isinstance(obj, DataError):
@@ -221,6 +228,92 @@ def read_jsonl(path, *, video_root=None, check_videos: bool = True, strict: bool
     return _read(path, parse, strict, skips)
 
 
+# --- the official code's meta.json ---------------------------------------------------------------------
+
+SPLITS = ("train", "test")       # the official loader reads meta["train"], and meta["test"] for val and test
+MAX_LINES = 10                   # the official loader keeps an instruction's first 10 lines
+_MARKER = re.compile(r"(?:###|^)[ \t]*(Human|AI)[ \t]*:", re.MULTILINE)   # "###Human:", or "AI:" at a line start
+
+
+def read_meta_json(path, *, split: str = "train", video_root=None, check_videos: bool = True,
+                   max_lines: int | None = MAX_LINES, strict: bool = False,
+                   skips: SkipCounter | None = None) -> Iterator[dict]:
+    """The official GPT4Video code's data file: {"train": [item, ...], "test": [item, ...]}, one split
+    read, each item {"video"?: path, "instruction": "###Human: …###AI: …", "id"?}.
+
+    The instruction is the dialogue in the template of nanog4v/data.py without its system text (the
+    official loader puts SYSTEM in front; a copy already there is dropped). It is cut to its first
+    `max_lines` lines as the official loader does (None: keep it whole), then split into turns at each
+    "###Human:" / "###AI:" (or "Human:" / "AI:" at the start of a line); "</s>" is removed. With a
+    "video", the record starts with its video turn (the official model reads it first, after "Human:").
+    Video paths are resolved against `video_root` (default: the JSON file's folder).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"read_meta_json: split must be one of {SPLITS}, not {split!r}")
+    root = Path(video_root) if video_root is not None else Path(path).parent
+
+    def parse(obj) -> dict:
+        if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
+            raise DataError("expected {\"video\"?, \"instruction\": \"###Human: …###AI: …\"}", "bad record")
+        videos = _video_paths(obj["video"], root, check_videos) if obj.get("video") is not None else []
+        turns = instruction_turns(obj["instruction"], max_lines)
+        record = {"videos": videos, "turns": [{"from": "human", "video": k} for k in range(len(videos))] + turns}
+        if "id" in obj:
+            record["id"] = obj["id"]
+        return record
+
+    return _read(path, parse, strict, skips, lambda p: _meta_items(p, split))
+
+
+def instruction_turns(instruction: str, max_lines: int | None = MAX_LINES) -> list[dict]:
+    """An official "instruction" ("###Human: Hi\n###AI: Hello\n…") → our text turns (see read_meta_json)."""
+    text = "\n".join(instruction.split("\n")[:max_lines]).strip()
+    text = text.removeprefix(SYSTEM.strip())
+    marks = list(_MARKER.finditer(text))
+    if not marks:
+        raise DataError("no '###Human:' or '###AI:' turn in the instruction", "no turns")
+    if text[:marks[0].start()].strip():
+        raise DataError(f"text before the first turn: {text[:marks[0].start()].strip()[:60]!r}", "bad instruction")
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return _turns([{"from": m.group(1).lower(), "value": text[m.end():end].replace("</s>", "").strip()}
+                   for m, end in zip(marks, ends)])
+
+
+def _is_meta(obj) -> bool:
+    return isinstance(obj, dict) and any(isinstance(obj.get(s), list) for s in SPLITS)
+
+
+def _meta_items(path: Path, split: str) -> Iterator[tuple[int, object]]:
+    """(line number, item) for every item of meta.json's `split` list."""
+    text = _text(path)
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        where = f"{path}:{e.lineno}" if isinstance(e, json.JSONDecodeError) else str(path)
+        raise DataError(f"{where}: invalid JSON ({getattr(e, 'msg', 'nested too deeply')})", "invalid JSON") from None
+    if not _is_meta(meta) or not isinstance(meta.get(split), list):
+        found = [s for s in SPLITS if isinstance(meta, dict) and isinstance(meta.get(s), list)]
+        raise DataError(f"{path}: no {split!r} list (a meta.json has \"train\" and \"test\" lists; found {found})")
+    start, end = _value_span(text, split)
+    before = text.count("\n", 0, start)                  # the list's first line is line before + 1
+    for line, item in _json_list(path, text[start:end]):
+        yield before + line, item
+
+
+def _value_span(text: str, key: str) -> tuple[int, int]:
+    """Where the value of `key` is in the text of a valid JSON object (the last one, as json.loads keeps)."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    i, span = space.match(text, text.index("{") + 1).end(), (0, 0)
+    while text[i] != "}":
+        name, i = decoder.raw_decode(text, i)                              # the key
+        start = space.match(text, space.match(text, i).end() + 1).end()   # past ":"
+        _, i = decoder.raw_decode(text, start)                             # the value
+        span = (start, i) if name == key else span
+        i = space.match(text, i).end()
+        i = space.match(text, i + 1).end() if text[i] == "," else i
+    return span
+
+
 # --- any data file ------------------------------------------------------------------------------------
 
 def _check_file(path: Path) -> None:
@@ -244,11 +337,15 @@ def _format_of(record) -> str | None:
 
 
 def sniff_format(path: Path) -> str:
-    """Which reader a data file needs, from its first well-formed record: "videochat" ({"video", "QA"}),
-    "jsonl" ("conversations" and a "video"), "safety" (and a "label") or "dialogues" (text only).
+    """Which reader a data file needs: "meta" (one JSON object with a "train" or "test" list: the official
+    meta.json), else from its first well-formed record: "videochat" ({"video", "QA"}), "jsonl"
+    ("conversations" and a "video"), "safety" (and a "label") or "dialogues" (text only).
     Malformed records before it are left to the reader (a counted skip, or the error with --strict)."""
     path, first_problem = Path(path), None
     _check_file(path)
+    whole = _whole_object(_text(path))
+    if _is_meta(whole):
+        return "meta"
     for line, record in _json_records(path):
         kind = None if isinstance(record, DataError) else _format_of(record)
         if kind is not None:
@@ -257,11 +354,26 @@ def sniff_format(path: Path) -> str:
                                                                else "not a record of a known format")
     if first_problem is None:
         raise DataError(f"{path}: no records")
+    if isinstance(whole, json.JSONDecodeError) and whole.lineno > 1 and whole.msg != "Extra data":  # a typo
+        first_problem += f"; read as one JSON object, line {whole.lineno}: invalid JSON ({whole.msg})"
     raise DataError(f"{path}: no record in a known format (the first bad one: {first_problem})")
 
 
-def read_records(paths, video_root=None, strict: bool = False, log=print) -> list[dict]:
-    """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`."""
+def _whole_object(text: str):
+    """The file as one JSON object, its JSONDecodeError, or None (a JSON list, nested too deeply)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        return e
+    except RecursionError:
+        return None
+
+
+def read_records(paths, video_root=None, strict: bool = False, log=print, split: str = "train") -> list[dict]:
+    """Every data file's conversation records, in file order; the reader is chosen by `sniff_format`.
+    `split`: which list of a meta.json to read ("train" or "test")."""
     records = []
     for path in map(Path, paths):
         kind, skips = sniff_format(path), SkipCounter()
@@ -269,6 +381,9 @@ def read_records(paths, video_root=None, strict: bool = False, log=print) -> lis
             found = read_videochat(path, video_root=video_root, strict=strict, skips=skips)
         elif kind == "jsonl":
             found = read_jsonl(path, video_root=video_root, strict=strict, skips=skips)
+        elif kind == "meta":
+            found = read_meta_json(path, split=split, video_root=video_root, strict=strict, skips=skips)
+            kind = f"meta.json ({split})"
         else:
             found = (read_safety if kind == "safety" else read_dialogues)(path, strict=strict, skips=skips)
         found = list(found)

@@ -1,4 +1,5 @@
 """Data construction (§3.4): TF-IDF, retrieval of related captions, prompts, writers, tag checks."""
+import dataclasses
 import io
 import json
 import math
@@ -6,11 +7,18 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
+from conftest import train_tiny_tokenizer
 from nanog4v import datagen
+from nanog4v.config import preset
 from nanog4v.datagen import (Caption, DialogueError, OpenAIChatWriter, TemplateWriter, TfidfEmbedder,
                              build_dialogues, multi_video_prompt, parse_dialogue, read_captions,
                              single_video_prompt, top_k_related, video_tags)
+from nanog4v.llama import LLaMA
+from nanog4v.llm_writer import CHAT_TEMPLATES, LocalLlamaWriter
+from nanog4v.readers import read_records
+from nanog4v.weights import save_llama
 
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square", "triangle"]
@@ -169,3 +177,109 @@ def test_template_writer_puts_a_webvid_caption_in_a_sentence():
     assert "<video> a dog runs on the beach </video>" in text
     text = TemplateWriter(0).write(single_video_prompt("UFO lands in a field"))
     assert "<video> UFO lands in a field </video>" in text
+
+
+# --- the local writer: a chat LLaMA through our own load_llama / Tokenizer / generate ----------------
+
+REPLY = "Human: Show me something calm.\nAI: Here you go: <video> a sleeping kitten </video>"
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory):
+    """Whole words and tags as single pieces, so that no piece of REPLY occurs twice."""
+    lines = REPLY.split("\n") * 100 + single_video_prompt("a sleeping kitten").split("\n") * 5
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("chat") / "tokenizer.model", lines, hard_vocab_limit=False,
+                                user_defined_symbols=["Human:", "AI:", "▁<video>", "▁</video>"])
+
+
+def tiny_chat_llama(tokenizer, max_seq_len=1024):
+    cfg = preset("test").llama
+    return LLaMA(dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len))
+
+
+def rig_to_say(model, tokenizer, last_prompt_id: int, text: str):
+    """Make greedy decoding after `last_prompt_id` write `text`, then </s>: every block's output projections
+    are zeroed, so the last hidden state is the current token's embedding; each token of the chain gets a
+    one-hot embedding (dim d), and the LM head maps that one-hot to the next token's id (logit √d vs 0)."""
+    chain = [last_prompt_id] + tokenizer.encode(text) + [tokenizer.eos_id]
+    assert len(set(chain[:-1])) == len(chain) - 1 <= model.cfg.dim, "every token once: the next one is a function of it"
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for slot, (token, following) in enumerate(zip(chain, chain[1:])):
+            model.embed_tokens.weight[token] = torch.nn.functional.one_hot(torch.tensor(slot), model.cfg.dim)
+            model.lm_head.weight[following, slot] = 1.0
+    return model
+
+
+def test_local_writer_chat_prompt(chat_tokenizer):
+    model = tiny_chat_llama(chat_tokenizer)
+    prompt = single_video_prompt("a sleeping kitten")
+    llama2 = LocalLlamaWriter(model, chat_tokenizer)
+    assert llama2.chat_ids(prompt) == [1] + chat_tokenizer.encode(f"[INST] {prompt.strip()} [/INST]")
+    assert llama2.cfg.stop == ("[INST]",) and llama2.cfg.temperature == 0.7 and llama2.cfg.top_p == 0.9
+    vicuna = LocalLlamaWriter(model, chat_tokenizer, "vicuna")
+    assert chat_tokenizer.decode(vicuna.chat_ids(" hi ")) == CHAT_TEMPLATES["vicuna"].text.format(prompt="hi")
+    assert vicuna.chat_ids(" hi ")[-1] == chat_tokenizer.encode("USER: hi ASSISTANT:")[-1]
+    custom = LocalLlamaWriter(model, chat_tokenizer, "<<{prompt}>>")
+    assert custom.chat_ids("hi") == [1] + chat_tokenizer.encode("<<hi>>") and custom.cfg.stop == ()
+    with pytest.raises(ValueError, match="chat template 'chatml' is not one of"):
+        LocalLlamaWriter(model, chat_tokenizer, "chatml")
+    small = tiny_chat_llama(chat_tokenizer)
+    small.cfg = dataclasses.replace(small.cfg, vocab_size=chat_tokenizer.vocab_size - 1)
+    n = chat_tokenizer.vocab_size
+    with pytest.raises(ValueError, match=f"has {n} pieces, but the model has only {n - 1} embeddings"):
+        LocalLlamaWriter(small, chat_tokenizer)
+    short = LocalLlamaWriter(tiny_chat_llama(chat_tokenizer, max_seq_len=256), chat_tokenizer)
+    n = len(short.chat_ids(prompt))
+    with pytest.raises(ValueError, match=f"the chat prompt is {n} tokens, the model's context only 256"):
+        short.write(prompt)
+
+
+def test_local_writer_dialogues_pass_the_stage2_reader(chat_tokenizer, tmp_path, capsys):
+    """A LLaMA saved in HF's layout, rigged so that greedy decoding writes REPLY: loaded back, the writer
+    returns exactly REPLY, build_dialogues parses it as it does the API writer's, and read_records accepts
+    the file that datagen's command line writes."""
+    last = LocalLlamaWriter(tiny_chat_llama(chat_tokenizer), chat_tokenizer).chat_ids("x")[-1]   # "]" of [/INST]
+    save_llama(rig_to_say(tiny_chat_llama(chat_tokenizer), chat_tokenizer, last, REPLY), tmp_path / "llm")
+    (tmp_path / "llm" / "tokenizer.model").write_bytes(chat_tokenizer.path.read_bytes())
+    writer = LocalLlamaWriter.from_pretrained(tmp_path / "llm", temperature=0)
+    assert writer.write(single_video_prompt("a sleeping kitten")) == REPLY
+    records, skipped = build_dialogues(TOY, writer, n_single=1, n_multi=1)
+    [(reason, count)] = skipped.items()                                  # REPLY shows one video, not 2 or 3
+    assert re.fullmatch(r"tag <video> in a [23]-video dialogue", reason) and count == 1
+    assert records[0]["conversations"] == [{"from": "human", "value": "Show me something calm."},
+                                           {"from": "ai", "value": "Here you go: <video> a sleeping kitten </video>"}]
+    captions, out = tmp_path / "caps.jsonl", tmp_path / "dialogues.jsonl"
+    captions.write_text("".join(json.dumps({"id": c.id, "caption": c.caption}) + "\n" for c in TOY[:12]))
+    args = ["--captions", str(captions), "--out", str(out), "--n-single", "2", "--n-multi", "1",
+            "--writer", "local", "--llm", str(tmp_path / "llm"), "--temperature", "0"]
+    assert datagen.main(args) == 0
+    assert re.fullmatch(rf"{re.escape(str(out))}: 2 dialogues, 1 skipped {{'tag <video> in a [23]-video dialogue': 1}}\n",
+                        capsys.readouterr().out)
+    assert read_records([out], log=lambda line: None) == [
+        {"videos": [], "id": f"single-00000{i}", "source": f"{out}:{i + 1}",
+         "turns": [{"from": "human", "value": "Show me something calm."},
+                   {"from": "ai", "value": "Here you go: <video> a sleeping kitten </video>"}]} for i in (0, 1)]
+    assert datagen.main([*args[:6], "--writer", "local", "--llm", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'absent'}: no such file or directory\n"
+    assert datagen.main([*args, "--tokenizer", str(tmp_path / "none.model")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.model'}: no such tokenizer file\n"
+    with pytest.raises(SystemExit):
+        datagen.main([*args[:6], "--writer", "local"])
+    assert "--writer local needs --llm DIR" in capsys.readouterr().err
+
+
+def test_local_writer_samples_with_a_seed_per_prompt(chat_tokenizer):
+    """A random tiny LLaMA writes gibberish, but the same (seed, prompt) gives the same text in any order."""
+    model = tiny_chat_llama(chat_tokenizer)
+    p1, p2 = single_video_prompt("a sleeping kitten"), single_video_prompt("a red circle spins")
+    writer = lambda seed: LocalLlamaWriter(model, chat_tokenizer, temperature=1.0, top_p=1.0, max_new_tokens=12,
+                                           seed=seed)
+    a1, a2 = writer(0).write(p1), writer(0).write(p2)
+    w = writer(0)
+    assert (w.write(p2), w.write(p1)) == (a2, a1)
+    assert a1 != a2 and writer(1).write(p1) != a1
+    assert len(chat_tokenizer.encode(a1)) >= 6                              # sampled text, not an early </s>
