@@ -2,8 +2,10 @@
 
     python chat.py --video examples/toy_clip.mp4                        # interactive, streams the reply
     python chat.py --video clip.mp4 --prompt "..." [--prompt "..."] [--json]   # one-shot, one turn each
-        [--preset nano|7b] [--ckpt DIR] [--t2v toy|zeroscope|none] [--t2v-path DIR] [--out DIR]
+        [--preset nano|7b|owl-video] [--ckpt DIR] [--t2v toy|zeroscope|none] [--t2v-path DIR] [--out DIR]
         [--frames T] [--max-new-tokens N] [--temperature X] [--top-p P] [--seed S] [--device cpu|cuda|mps]
+        [--dtype auto|float32|bfloat16|float16]
+    python chat.py --preset owl-video --ckpt weights/mplug-owl-llama-7b-video --video clip.mp4 [--adapter RUN]
 
 In the interactive session: `/video PATH` attaches another video, `/reset` forgets the conversation,
 `/quit` (or end of input, or a closed stdin) leaves. Input is read as bytes: a line that is not UTF-8 is
@@ -22,7 +24,13 @@ tokenizer.model, vision/ (CLIP, transformers layout), llama/ (Hugging Face layou
 as train.py writes them, and optionally safety_checker/ (a Stable Diffusion safety checker). For 7b,
 link the official weights in: vision -> clip-vit-large-patch14, llama -> llama-7b, tokenizer.model ->
 llama-7b/tokenizer.model (see weights/README.md). The generator defaults to the toy renderer for nano
-and to ZeroScope (--t2v-path, default weights/zeroscope_v2_576w) for 7b.
+and to ZeroScope (--t2v-path, default weights/zeroscope_v2_576w) for 7b and owl-video.
+
+--preset owl-video starts where the official code starts: --ckpt is mPLUG-Owl's released video checkpoint
+directory as downloaded (config.json, pytorch_model.bin or model.safetensors, tokenizer.model), talked to
+in mPLUG-Owl's own template; --adapter RUN adds the LoRA of a GPT4Video stage-2 run on it (train.py
+--preset owl-video --stage 2 --init CKPT --out RUN), and then GPT4Video's template. --dtype: bfloat16 on a
+GPU by default, float32 on a CPU; bfloat16 halves the memory (a 7B model fits 24 GB of RAM in it).
 
 Safety (nanog4v/safety.py): the input-text lexicon pre-check (off with --no-lexicon), the model's own
 refusals, the input-video concept check (off with --no-video-check) and the output-prompt check.
@@ -43,7 +51,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_T2V = {"nano": "toy", "test": "toy", "7b": "zeroscope"}
+DEFAULT_T2V = {"nano": "toy", "test": "toy", "7b": "zeroscope", "owl-video": "zeroscope"}
 TOY_PRESETS = ("nano", "test")               # trained on the toy world (nanog4v/toy/)
 NUMBER_FLAGS = {                             # flag: (lowest, highest or None, whether the lowest is allowed)
     "frames": (1, 256, True), "max_new_tokens": (1, None, True), "temperature": (0, None, True),
@@ -57,8 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt", action="append", default=[], help="one-shot: a user turn (repeatable); no REPL")
     p.add_argument("--json", action="store_true",
                    help="stdout: one JSON object per turn and nothing else (status lines go to stderr)")
-    p.add_argument("--preset", default="nano", choices=sorted(DEFAULT_T2V), help="nano (default) or 7b")
+    p.add_argument("--preset", default="nano", choices=sorted(DEFAULT_T2V), help="nano (default), 7b or owl-video")
     p.add_argument("--ckpt", type=Path, help="checkpoint directory (default weights/<preset>)")
+    p.add_argument("--adapter", type=Path, help="owl-video: a GPT4Video stage-2 run to put on the checkpoint")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights' dtype (auto: bfloat16 on cuda, else float32)")
     p.add_argument("--frames", type=int, help="T, frames per input video (default: the checkpoint's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -126,6 +137,9 @@ def check_args(args) -> None:
             check_pipeline_dir(args.t2v_path)
         except T2VError as e:
             raise Fail(str(e)) from None
+    if args.adapter is not None and (args.preset != "owl-video" or not args.adapter.is_dir()):
+        raise Fail(f"--adapter: {args.adapter}: " + ("no such directory" if args.preset == "owl-video" else
+                                                     "only --preset owl-video takes an adapter"))
     if args.safety_checker is not None and not args.safety_checker.is_dir():
         raise Fail(f"{args.safety_checker}: no such safety-checker directory")
 
@@ -154,7 +168,8 @@ def build(args, log):
 
     import torch
 
-    from nanog4v.assistant import Assistant, ChatError, load_chat_model
+    from nanog4v.assistant import Assistant, ChatError, load_chat_model, load_owl_chat_model
+    from nanog4v.data import GPT4VIDEO
     from nanog4v.generate import SamplingConfig
     from nanog4v.safety import ConceptChecker, Lexicon, Safety, VideoChecker, is_refusal
     from nanog4v.t2v import T2VError, load_generator
@@ -165,9 +180,13 @@ def build(args, log):
     from nanog4v.weights import CheckpointError
 
     device = pick_device(args.device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    auto = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = auto if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
-        model, tokenizer = load_chat_model(args.ckpt, device, dtype, log=log)
+        if args.preset == "owl-video":
+            model, tokenizer, template = load_owl_chat_model(args.ckpt, args.adapter, device, dtype)
+        else:
+            (model, tokenizer), template = load_chat_model(args.ckpt, device, dtype, log=log), GPT4VIDEO
         if args.max_new_tokens >= model.llm.cfg.max_seq_len:
             raise ChatError(f"--max-new-tokens: must be less than the context of {args.ckpt}, "
                             f"{model.llm.cfg.max_seq_len} tokens, not {args.max_new_tokens}")
@@ -181,7 +200,7 @@ def build(args, log):
         if not args.no_video_check:
             if checker_dir.is_dir():
                 frame_checker, note = ConceptChecker.from_pretrained(checker_dir, device, dtype), f"{checker_dir}"
-            elif args.preset == "7b":
+            elif args.preset not in TOY_PRESETS:
                 frame_checker, note = None, f"off: no safety checker at {checker_dir}"
                 print(f"warning: the input-video check is {note} (see weights/README.md)", file=sys.stderr)
             else:
@@ -202,7 +221,7 @@ def build(args, log):
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               seed=args.seed)
     return Assistant(model, tokenizer, sampling=sampling, safety=safety, generator=generator, out_dir=args.out,
-                     t2v_frames=args.t2v_frames, device=device, log=log,
+                     t2v_frames=args.t2v_frames, device=device, log=log, template=template,
                      refusal=toy_data.is_refusal if toy_model else is_refusal)
 
 

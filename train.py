@@ -3,8 +3,10 @@
     python train.py --preset nano --stage all --out weights/nano   # the whole nano recipe: world, stages 0, 1, 2
     python train.py --stage 0 [--world DIR] [--out DIR]   # nano: tokenizer, ViT and LLaMA from the toy world
     python train.py --stage 1 [--preset nano|7b|test] [--data FILE ...] [--out DIR] [--resume] [--max-steps N]
-    python train.py --stage 2 ...                         # LoRA on the dialogues, from the stage-1 model (--init)
+    python train.py --stage 2 ...                         # LoRA on the dialogues, from the stage-1 model (--init;
+                                                          # required unless the preset has one, e.g. nano)
     torchrun --nproc_per_node=K train.py --stage 2 ...    # data-parallel on K processes (NCCL on GPUs, gloo on CPU)
+    python train.py --preset owl-video --stage 2 --init weights/mplug-owl-llama-7b-video --data meta.json ...
 
 **Stage 1** (video-text alignment): the ViT and LLaMA are frozen; the video abstractor and its
 projection learn on VideoChat-11k-style video QA. **Stage 2** (instruction tuning): everything is
@@ -17,6 +19,13 @@ takes as given — the tokenizer, the ViT and the LLaMA — from the toy world (
 Defaults come from the preset (`nanog4v/config.py`, `TrainConfig` per stage): `7b` uses the paper's
 settings (stage 1: lr 1e-4, 2 epochs; stage 2: lr 2e-5, 3 epochs). Every one can be overridden
 (--lr, --epochs, --batch-size = the global batch, --grad-accum, --warmup-steps, ...).
+
+**Starting where the official code starts** (`--preset owl-video`): --init is mPLUG-Owl's released video
+checkpoint directory (ViT with temporal modules, abstractor and LLaMA-7B, already video-trained; read by
+`weights.load_mplug_owl`, tokenizer.model from the same folder) and stage 2 trains LoRA on it as the
+official code does (q_proj, v_proj; r 16, α 16, dropout 0.1; everything else frozen). Stage 2 of every
+preset starts from a model whose video half is trained: without --init (and without a preset default)
+it is an error, unless --no-init asks for a fresh abstractor on purpose.
 
 Where things are, by default (paths relative to this file; stage 0 writes the nano ones):
 
@@ -67,7 +76,7 @@ from nanog4v.toy.recipe import RecipeError
 from nanog4v.toy.stage0 import Stage0Error
 from nanog4v.plots import plot_losses
 from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_log
-from nanog4v.weights import CheckpointError, load_llama, load_vision
+from nanog4v.weights import CheckpointError, load_llama, load_mplug_owl, load_vision
 
 ROOT = Path(__file__).resolve().parent
 NANO, WORLD = ROOT / "weights" / "nano", ROOT / "weights" / "nano" / "toyworld"
@@ -97,7 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, help="SentencePiece tokenizer.model")
     p.add_argument("--world", type=Path, help="toy world for --stage 0 (default: OUT/toyworld, made if missing)")
     p.add_argument("--world-n", type=int, default=2000, help="clips in a toy world made by --stage 0|all")
-    p.add_argument("--init", type=Path, help="start from this model's trainable parts (a stage-1 --out)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init", type=Path, help="start from this model's trainable parts (a stage-1 --out; "
+                       "stage 2 needs one unless the preset has a default or --no-init is given); owl-video: "
+                       "mPLUG-Owl's video checkpoint directory")
+    start.add_argument("--no-init", action="store_true", help="stage 2 on a fresh, random abstractor (tests, "
+                       "text-only ablations): the video path is then untrained")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<preset>-stage<k>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--max-steps", type=int, help="stop after this optimiser step (the schedule still spans "
@@ -163,6 +177,16 @@ def resolve_paths(args, stage: int) -> dict:
     name = args.preset
     defaults = {"nano": NANO_DEFAULTS,
                 "7b": {k: ROOT / v[0] for k, v in SEVEN_B.items()}}.get(name, {})
+    init = None if args.no_init else args.init or defaults.get("init", {}).get(stage)
+    if name == "owl-video":
+        if init is None:
+            raise TrainError("train.py: --preset owl-video starts from mPLUG-Owl's video checkpoint: pass --init DIR "
+                             "(the downloaded MAGAer13/mplug-owl-llama-7b-video, see weights/README.md)")
+        defaults = {"tokenizer": Path(init) / "tokenizer.model", "vision": Path(init), "llama": Path(init)}
+    if stage == 2 and init is None and not args.no_init:       # LoRA on a random abstractor is no GPT4Video
+        raise TrainError(f"train.py: --preset {name} --stage 2 trains LoRA on top of a stage-1 model: pass --init DIR "
+                         f"(the --out of python train.py --preset {name} --stage 1), or --no-init to train on a "
+                         "fresh, random abstractor")
     paths = {}
     for flag, what in [("vision", "frozen ViT"), ("llama", "frozen LLaMA"), ("tokenizer", "tokenizer")]:
         path = getattr(args, flag) or defaults.get(flag)
@@ -178,8 +202,8 @@ def resolve_paths(args, stage: int) -> dict:
     paths["data"] = [_need(Path(f), "training data", "data", name) for f in data]
     val = args.val or [f for f in defaults.get("val", {}).get(stage, []) if f.exists()]
     paths["val"] = [_need(Path(f), "validation data", "val", name) for f in val]
-    init = args.init or defaults.get("init", {}).get(stage)
-    paths["init"] = _need(Path(init), "stage-1 model", "init", name) if init else None
+    what = "mPLUG-Owl's video checkpoint" if name == "owl-video" else "stage-1 model"
+    paths["init"] = _need(Path(init), what, "init", name) if init else None
     if args.features_dir is not None:
         paths["features_dir"] = _need(args.features_dir, "cached features", "features-dir", name)
     return paths
@@ -200,7 +224,13 @@ def stage_settings(args, cfg: G4VConfig, stage: int):
 def build_model(cfg: G4VConfig, paths: dict, stage: int, dtype: torch.dtype, seed: int) -> GPT4Video:
     """Frozen ViT and LLaMA from their official layouts (their shapes win over the preset's), a fresh
     abstractor (seeded) or the one of --init (with its LoRA, if any), then `set_stage(stage)`.
-    The model is first built on the meta device, so no random 7B LLaMA is ever materialised."""
+    The model is first built on the meta device, so no random 7B LLaMA is ever materialised.
+    owl-video: the whole model is mPLUG-Owl's video checkpoint (--init)."""
+    if cfg.name == "owl-video":
+        model = load_mplug_owl(paths["init"], dtype=dtype)
+        model.cfg = replace(model.cfg, num_frames=cfg.num_frames, lora=cfg.lora, stage1=cfg.stage1, stage2=cfg.stage2)
+        model.set_stage(stage)
+        return model
     vision, llm = load_vision(paths["vision"], dtype=dtype), load_llama(paths["llama"], dtype=dtype)
     init, lora = paths["init"], False
     if init is not None:                                   # the --init run's abstractor shape and frames win
@@ -285,7 +315,7 @@ def train_stage(args) -> dict:
     if world.main:
         model.save_pretrained(out)
         if stage == 2:
-            save_lora(model.llm, out / "adapter")
+            save_lora(model.llm, out / "adapter", base_model=str(paths["llama"].resolve()))
         if paths["val"] and args.eval_n > 0:
             val = read_records(paths["val"], args.video_root, args.strict, log=say)
             evaluation = reply_accuracy(model, tokenizer, val, features_dir=paths.get("features_dir"),
@@ -321,8 +351,8 @@ def run(args) -> dict:
         toy = dict(world=args.world, world_n=args.world_n, seed=args.seed, quiet=args.quiet)
         if args.stage == "0":
             return recipe.stage0(args.out or Path("runs") / f"{args.preset}-stage0", args.preset, **toy)
-        own = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "data", "val", "vision",
-                           "llama", "tokenizer", "features_dir", "resume") if getattr(args, k)]
+        own = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "no_init", "data", "val",
+                           "vision", "llama", "tokenizer", "features_dir", "resume") if getattr(args, k)]
         if own:
             raise TrainError("train.py: --stage all runs the toy presets with their own settings and paths; run the "
                              f"stages one by one to set {', '.join('--' + k.replace('_', '-') for k in own)}")

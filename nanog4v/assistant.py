@@ -31,6 +31,11 @@ conversation, its videos and their tokens stay exactly as they were.
                            when there is no stage2/ (the model then has no instruction tuning)
     CKPT/safety_checker/   optional: a StableDiffusionSafetyChecker directory, the input-video check for
                            real videos (without it: the toy hazard check for nano, none for 7b)
+
+**mPLUG-Owl's video checkpoint** (`load_owl_chat_model`, preset `owl-video`) is one directory as it was
+released (config.json, pytorch_model.bin or safetensors, tokenizer.model): alone it is talked to in its
+own template (`mplug_owl.TEMPLATE`); with a GPT4Video stage-2 run on top (`adapter`: train.py --preset
+owl-video --stage 2 --out), in GPT4Video's, which that run taught it.
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ from .lora import merge_lora
 from .model import GPT4Video
 from .safety import REFUSALS, Safety, Verdict, is_refusal
 from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
-from .weights import CheckpointError
+from .weights import CheckpointError, load_mplug_owl
 
 
 MIN_NEW_TOKENS = 16     # trimming shortens a reply down to this many tokens before it drops the latest video
@@ -84,6 +89,31 @@ def load_chat_model(ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtyp
     if model.has_lora:
         merge_lora(model.llm)        # W ← W + (α/r)·B A: inference pays one matmul per projection, not three
     return model.to(device).eval(), tokenizer
+
+
+def load_owl_chat_model(ckpt_dir: str | Path, adapter: str | Path | None = None, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> tuple[GPT4Video, Tokenizer, Template]:
+    """(model, tokenizer, template) from mPLUG-Owl's released video checkpoint, with the LoRA of a GPT4Video
+    stage-2 run (`adapter`) merged in when one is given; the template is the one the model was taught."""
+    from .mplug_owl import TEMPLATE
+    ckpt = Path(ckpt_dir)
+    for need in (ckpt / "config.json", ckpt / "tokenizer.model"):
+        if not need.is_file():
+            raise ChatError(f"{need}: missing (not an mPLUG-Owl checkpoint directory: it needs config.json, "
+                            "tokenizer.model and pytorch_model.bin or model.safetensors)")
+    tokenizer, model = Tokenizer(ckpt / "tokenizer.model"), load_mplug_owl(ckpt, dtype)
+    template = TEMPLATE
+    if adapter is not None:
+        cfg, lora = GPT4Video.read_config(adapter)
+        if cfg.name != "owl-video" or not lora:
+            raise ChatError(f"{Path(adapter) / 'config.json'}: not a stage-2 run of the owl-video preset "
+                            f"(preset {cfg.name!r}, {'with' if lora else 'without'} LoRA)")
+        model.cfg = dataclasses.replace(model.cfg, lora=cfg.lora)
+        model.add_lora()
+        model.load_trainable(adapter)
+        merge_lora(model.llm)
+        template = GPT4VIDEO
+    return model.to(device).eval(), tokenizer, template
 
 
 # --- the hand-off: <video> prompts in a reply -----------------------------------------------------------

@@ -1,23 +1,32 @@
-"""safetensors checkpoints, read and written in a streaming way, with strict checks.
+"""safetensors (and PyTorch `.bin`) checkpoints, read and written in a streaming way, with strict checks.
 
 Loading official weights into our hand-written modules (`weights.py` holds the key tables) is the same
 recipe for every model:
   1. build the module on the `meta` device (shapes only, no memory);
-  2. list the checkpoint's tensors (one file, a directory, or shards + `model.safetensors.index.json`):
+  2. list the checkpoint's tensors (one file, a directory, or shards + `model.safetensors.index.json`;
+     or the same as PyTorch `.bin` files, `pytorch_model.bin` / shards + `pytorch_model.bin.index.json`):
      `find_tensors`;
   3. rename each official key to ours with a plain table; check names, shapes and dtypes *before*
      reading any data, and raise one `CheckpointError` that lists every problem: `load_checkpoint`;
   4. stream the tensors one at a time, straight into the requested dtype, and assign them.
 So a 7B checkpoint is never held twice, and a bad file never yields a half-initialised model. Writing
 (`write_checkpoint`) streams too, one tensor at a time, into a temp folder moved in when complete.
+
+A `.bin` file is a pickle, and unpickling runs code: it is only ever opened with
+`torch.load(weights_only=True, mmap=True)` (tensors and plain containers, nothing else; the data stays
+in the file, memory-mapped), and one that needs anything more is refused (`_bin_state`). Where a
+directory holds both, safetensors wins.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -28,6 +37,9 @@ from torch import nn
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+BIN_SINGLE_NAME = "pytorch_model.bin"
+REMAP_BYTES = 16 * 2**20        # a .bin's mapping is dropped and reopened before this many bytes are read through it
 
 
 class CheckpointError(ValueError):
@@ -52,52 +64,93 @@ def state_problems(state: dict[str, torch.Tensor], expected: dict[str, torch.Ten
 # --- 1. where are the tensors? --------------------------------------------------------------------
 
 def find_tensors(path: str | Path) -> dict[str, Path]:
-    """Map every tensor name of a checkpoint to the .safetensors file that holds it.
+    """Map every tensor name of a checkpoint to the file that holds it.
 
-    `path` may be a `.safetensors` file, a directory with `model.safetensors`, or a directory with
-    sharded `model-0000k-of-0000n.safetensors` files and `model.safetensors.index.json`.
+    `path` may be a `.safetensors` or `.bin` file, or a directory with `model.safetensors`, or with
+    sharded `model-0000k-of-0000n.safetensors` files and `model.safetensors.index.json`; failing those,
+    the same in PyTorch's format: `pytorch_model.bin`, or `pytorch_model-0000k-of-0000n.bin` shards
+    and `pytorch_model.bin.index.json` (safetensors wins where a directory has both).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
         return {key: path for key in _keys_of(path)}
-    index = path / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
-        files = {name: path / name for name in set(weight_map.values())}
-        absent = sorted(str(f) for f in files.values() if not f.is_file())
-        if absent:
-            raise CheckpointError(f"{index}: shard files missing: {shorten(absent)}")
-        found: dict[str, Path] = {}
-        for f in sorted(files.values()):
-            for key in _keys_of(f):
-                found[key] = f
-        listed_not_found = sorted(k for k in weight_map if found.get(k) != files[weight_map[k]])
-        if listed_not_found:
-            raise CheckpointError(f"{index}: keys not in the shard the index names: "
-                                  f"{shorten(listed_not_found)}")
-        return found
-    single = path / SINGLE_NAME
-    if single.is_file():
-        return {key: single for key in _keys_of(single)}
+    if (path / INDEX_NAME).is_file():
+        return _from_index(path / INDEX_NAME)
+    if (path / SINGLE_NAME).is_file():
+        return {key: path / SINGLE_NAME for key in _keys_of(path / SINGLE_NAME)}
     others = sorted(p.name for p in path.glob("*.safetensors"))
     if len(others) == 1:  # e.g. a single file saved under another name
         return {key: path / others[0] for key in _keys_of(path / others[0])}
-    raise CheckpointError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} in this directory")
+    if (path / BIN_INDEX_NAME).is_file():
+        return _from_index(path / BIN_INDEX_NAME)
+    if (path / BIN_SINGLE_NAME).is_file():
+        return {key: path / BIN_SINGLE_NAME for key in _keys_of(path / BIN_SINGLE_NAME)}
+    raise CheckpointError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} (nor {BIN_SINGLE_NAME} or "
+                          f"{BIN_INDEX_NAME}) in this directory")
+
+
+def _from_index(index: Path) -> dict[str, Path]:
+    """{key: shard} from an index's `weight_map`, checked: every shard it names exists and holds the
+    keys the index assigns to it."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: index.parent / name for name in set(weight_map.values())}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a checkpoint index ({type(e).__name__}: {e})") from None
+    absent = sorted(str(f) for f in files.values() if not f.is_file())
+    if absent:
+        raise CheckpointError(f"{index}: shard files missing: {shorten(absent)}")
+    found: dict[str, Path] = {}
+    for f in sorted(files.values()):
+        for key in _keys_of(f):
+            found[key] = f
+    listed_not_found = sorted(k for k in weight_map if found.get(k) != files[weight_map[k]])
+    if listed_not_found:
+        raise CheckpointError(f"{index}: keys not in the shard the index names: {shorten(listed_not_found)}")
+    return found
 
 
 def _keys_of(file: Path) -> list[str]:
+    if file.suffix == ".bin":
+        return list(_bin_state(file))
     if file.suffix != ".safetensors":
-        raise CheckpointError(f"{file}: not a .safetensors file")
+        raise CheckpointError(f"{file}: not a .safetensors or .bin file")
     try:
         with safe_open(str(file), framework="pt") as f:
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for truncated/garbage headers
         raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def _bin_state(file: Path) -> dict[str, torch.Tensor]:
+    """A `.bin` state dict as tensors memory-mapped from the file (no tensor data is read), through
+    `torch.load(weights_only=True, mmap=True)` only: a pickle that needs any global beyond tensors and
+    plain containers (a custom class, a function) is refused, never run. It must be a flat
+    {name: tensor} dict in torch.save's zip format (torch >= 1.6; the legacy format cannot be mapped)."""
+    if not zipfile.is_zipfile(file):
+        with open(file, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        raise CheckpointError(f"{file}: truncated or damaged (a zip file without its central directory)" if zip_start
+                              else f"{file}: not a PyTorch checkpoint in torch.save's zip format (a legacy or "
+                              "other pickle is not read)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        needs = re.search(r"GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"{file}: refused: its pickle needs more than tensors and plain containers"
+                              f"{f' ({needs.group(1)})' if needs else ''}, and .bin files are only read with "
+                              "torch.load(weights_only=True)") from None
+    except Exception as e:  # a damaged zip, a missing record
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: not a state dict (a pickled {type(state).__name__})")
+    not_tensors = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
+                   if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if not_tensors:
+        raise CheckpointError(f"{file}: not a flat state dict of tensors: {shorten(not_tensors)}")
+    return state
 
 
 def _first_line(e: Exception) -> str:
@@ -126,6 +179,35 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
 
 
 def _read_tensors(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) for `keys` of one checkpoint file, each in a fresh buffer of its own."""
+    yield from (_read_bin if file.suffix == ".bin" else _read_safetensors)(file, keys)
+
+
+def _read_bin(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) for `keys` of one `.bin` file, each copied out of torch.load's memory map into
+    a fresh buffer of its own. The mapped pages a copy reads stay resident, and count in the process's
+    memory, for as long as the mapping lives (any tensor of it keeps it alive): so the mapping is dropped
+    and reopened before `REMAP_BYTES` have been read through it, a large tensor being copied in slices of
+    rows with reopenings between them. Resident memory thus stays within REMAP_BYTES of the bytes handed
+    out, not twice them (the safetensors route reads with `readinto` and needs no such care)."""
+    state, piece, since_open = _bin_state(file), None, 0
+    for key in keys:
+        out = torch.empty(state[key].shape, dtype=state[key].dtype)          # contiguous
+        rows = torch.atleast_1d(out)                                         # a scalar as one row
+        row_bytes = rows[0].nbytes if len(rows) else 0
+        step = max(1, REMAP_BYTES // max(1, row_bytes))                      # rows per slice
+        for i in range(0, len(rows), step):
+            n = min(step, len(rows) - i) * row_bytes
+            if since_open and since_open + n > REMAP_BYTES:
+                state = piece = None                                         # unmaps the file ...
+                state, since_open = _bin_state(file), 0                      # ... and maps it afresh
+            piece = torch.atleast_1d(state[key])[i:i + step]
+            rows[i:i + step].copy_(piece)
+            since_open += n
+        yield key, out
+
+
+def _read_safetensors(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (key, tensor) for `keys` of one safetensors file, one tensor in memory at a time: plain
     `seek` + `readinto` at the header's offsets into a fresh buffer per tensor. (`safe_open` mmaps the
     whole file: its tensors are views of a mapping that stays alive, and once touched resident, while
@@ -156,7 +238,8 @@ def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str],
     persistent buffer of `module` must be provided exactly once, with the right shape, by a
     floating-point tensor; otherwise one `CheckpointError` lists the missing, unexpected,
     wrong-shape and wrong-dtype keys. Non-persistent buffers (e.g. RoPE tables) are rebuilt after
-    loading by each submodule's `init_buffers()` method.
+    loading by each submodule's `init_buffers()` method. A shape that differs from ours only by leading
+    1s (mPLUG-Owl's (1, 1, D) [CLS] token for our (D,)) is the same tensor, and is reshaped.
     """
     sources = find_tensors(path)
     where = Path(path)
@@ -176,7 +259,7 @@ def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str],
             duplicate.append(f"{key} (also {taken[ours]})")
             continue
         shape, st_dtype = shapes_dtypes[key]
-        if tuple(shape) != tuple(wanted[ours].shape):
+        if _squeezed(shape) != _squeezed(wanted[ours].shape):
             wrong_shape.append(f"{key} {tuple(shape)} != {tuple(wanted[ours].shape)}")
         elif st_dtype not in FLOAT_DTYPES:
             wrong_dtype.append(f"{key} ({st_dtype})")
@@ -193,7 +276,7 @@ def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str],
         ours_of = dict(pairs)
         try:
             for key, tensor in _read_tensors(file, ours_of):
-                _assign(module, ours_of[key], tensor.to(dtype))
+                _assign(module, ours_of[key], tensor.to(dtype).reshape(wanted[ours_of[key]].shape))
         except CheckpointError:
             raise
         except Exception as e:  # truncated data, I/O errors
@@ -208,17 +291,42 @@ def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str],
     return module.eval()
 
 
+def _squeezed(shape) -> tuple[int, ...]:
+    """A shape without its leading 1s: (1, 1, 1024) -> (1024,)."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
 def _shapes_and_dtypes(sources: dict[str, Path]) -> dict[str, tuple[list[int], str]]:
-    """Shapes and dtypes straight from the safetensors headers (no tensor data is read)."""
+    """Shapes and dtypes (safetensors' names: "F32", "BF16", ...) straight from the safetensors headers
+    or the `.bin` pickles (no tensor data is read)."""
     out: dict[str, tuple[list[int], str]] = {}
-    by_file: dict[Path, list[str]] = {}
-    for key, file in sources.items():
-        by_file.setdefault(file, []).append(key)
-    for file, keys in by_file.items():
-        header = _header(file)
-        for key in keys:
-            out[key] = (header[key]["shape"], header[key]["dtype"])
+    st_name = {v: k for k, v in ST_DTYPES.items()}
+    for file, keys in _by_file(sources, sources).items():
+        if file.suffix == ".bin":
+            state = _bin_state(file)
+            for key in keys:
+                out[key] = (list(state[key].shape), st_name.get(state[key].dtype, str(state[key].dtype)))
+        else:
+            header = _header(file)
+            for key in keys:
+                out[key] = (header[key]["shape"], header[key]["dtype"])
     return out
+
+
+def _by_file(sources: dict[str, Path], keys: Iterable[str]) -> dict[Path, list[str]]:
+    by_file: dict[Path, list[str]] = {}
+    for key in keys:
+        by_file.setdefault(sources[key], []).append(key)
+    return by_file
+
+
+def read_tensors(sources: dict[str, Path], keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The tensors `keys` of a `find_tensors` map, read whole (for the few small tensors a loader keeps
+    beside its module, e.g. a safety checker's concept embeddings)."""
+    return {key: t for file, names in _by_file(sources, keys).items() for key, t in _read_tensors(file, names)}
 
 
 def _header(file: Path) -> dict:

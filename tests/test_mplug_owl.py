@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import save_file
 
+from conftest import ROOT
 from nanog4v.data import GPT4VIDEO, video_pixels
 from nanog4v.mplug_owl import TEMPLATE, clean_reply, prompt_for_reply
 from nanog4v.safetensors_io import CheckpointError
@@ -28,7 +33,7 @@ from nanog4v.weights import load_mplug_owl, mplug_owl_abstractor_mlp
 D, LAYERS, HEADS, S, PATCH = 32, 2, 2, 28, 14          # ViT: 2×2 patches of 14 px, 5 tokens a frame
 A_LAYERS, A_HEADS, N = 2, 4, 3                          # abstractor: 2 layers, N = 3 queries a stream
 TEXT = dict(model_type="llama", hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=128, max_position_embeddings=128, rms_norm_eps=1e-6,
+            num_key_value_heads=4, vocab_size=500, max_position_embeddings=256, rms_norm_eps=1e-6,
             bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
 CONFIG = {"architectures": ["MplugOwlForConditionalGeneration"], "model_type": "mplug-owl", "num_query_tokens": N,
           "transformers_version": "4.29.1",
@@ -275,3 +280,82 @@ def test_the_template_is_mplug_owls(tiny_tokenizer):
     assert typed["video_slots"] == [] and tok.decode(typed["input_ids"]).endswith("Human: a < |video|> AI: b\nAI: ")
     assert clean_reply(" A circle moves.\nHuman: and?") == "A circle moves."
     assert TEMPLATE.stop == ("Human:",) and GPT4VIDEO.stop == ("###",)
+
+
+# --- chat on it, and stage 2 on it as the official code does ---------------------------------------------
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run(script, *args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def owl_ckpt(owl, train_world, tmp_path_factory):
+    """The random checkpoint as a user downloads it: config.json, pytorch_model.bin, tokenizer.model."""
+    root, _ = owl
+    ckpt = tmp_path_factory.mktemp("owl-ckpt") / "mplug-owl-llama-7b-video"
+    shutil.copytree(root / "bin", ckpt)
+    shutil.copyfile(train_world / "tokenizer.model", ckpt / "tokenizer.model")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def owl_stage2(owl_ckpt, train_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("owl-run") / "stage2"
+    done = run("train.py", "--preset", "owl-video", "--stage", "2", "--init", owl_ckpt, "--out", out, "--data",
+               train_world / "stage2.jsonl", train_world / "safety.jsonl", "--max-steps", "2", "--quiet",
+               "--eval-n", "0", "--warmup-steps", "0", "--lr", "1e-2")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_stage2_on_it_trains_only_lora_as_the_official_code(owl, owl_ckpt, owl_stage2):
+    """LoRA on q_proj / v_proj (r 16, α 16, dropout 0.1); every other weight stays the checkpoint's."""
+    from safetensors.torch import load_file
+    _, state = owl
+    saved = load_file(str(owl_stage2 / "gpt4video.safetensors"))
+    lora = sorted(k for k in saved if "lora_" in k)
+    assert lora == sorted(f"llm.layers.{i}.self_attn.{m}.lora_{ab}" for i in range(2) for m in ("q_proj", "v_proj")
+                          for ab in ("A", "B"))
+    assert set(saved) == set(lora) | {f"abstractor.{k}" for k in load_mplug_owl(owl_ckpt).abstractor.state_dict()}
+    assert any(saved[k].abs().max() > 0 for k in lora if k.endswith("lora_B"))       # B learned (it starts at 0)
+    assert torch.equal(saved["abstractor.eos"], state["abstractor.vit_eos"][0])      # the abstractor is frozen
+    assert torch.equal(saved["abstractor.query_tokens"], state["query_tokens"][0])
+    adapter = json.loads((owl_stage2 / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"], adapter["target_modules"]) == \
+        (16, 16.0, 0.1, ["q_proj", "v_proj"])
+    assert adapter["base_model_name_or_path"] == str(owl_ckpt.resolve())
+
+
+def test_owl_video_needs_its_checkpoint(train_world, tmp_path):
+    done = run("train.py", "--preset", "owl-video", "--stage", "2", "--data", train_world / "stage2.jsonl",
+               "--out", tmp_path / "run", timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: train.py: --preset owl-video starts from mPLUG-Owl's video checkpoint: pass --init DIR (the "
+        "downloaded MAGAer13/mplug-owl-llama-7b-video, see weights/README.md)"]
+
+
+def test_chat_on_it_as_released_and_with_a_stage2_adapter(owl_ckpt, owl_stage2, train_world):
+    from nanog4v.assistant import load_owl_chat_model
+    from nanog4v.mplug_owl import TEMPLATE as OWL
+    _, _, template = load_owl_chat_model(owl_ckpt)
+    model, _, with_adapter = load_owl_chat_model(owl_ckpt, owl_stage2)
+    assert template is OWL and with_adapter is GPT4VIDEO and all(l.merged for l in _lora_layers(model.llm))
+    for extra in ([], ["--adapter", owl_stage2]):
+        done = run("chat.py", "--preset", "owl-video", "--ckpt", owl_ckpt, "--video", train_world / "videos" / "c0.mp4",
+                   "--prompt", "What is happening?", "--json", "--t2v", "none", "--max-new-tokens", "4",
+                   "--dtype", "bfloat16", *extra)
+        assert done.returncode == 0, done.stderr
+        turn = json.loads(done.stdout)
+        assert set(turn) >= {"reply", "refused", "errors"} and turn["errors"] == []
+        assert "input-video check is off: no safety checker" in done.stderr
+    done = run("chat.py", "--preset", "nano", "--adapter", owl_stage2, "--prompt", "hi")
+    assert done.returncode == 2 and "only --preset owl-video takes an adapter" in done.stderr
+
+
+def _lora_layers(module):
+    from nanog4v.lora import lora_layers
+    return lora_layers(module).values()
