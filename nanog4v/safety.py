@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .safetensors_io import CheckpointError, find_tensors, load_checkpoint, read_config
+from .safetensors_io import CheckpointError, find_tensors, load_checkpoint, read_config, read_tensors
 from .video import sample_frames
 from .vision import VisionTransformer, preprocess
 from .weights import CLIP_VISION_DEFAULTS, rename_clip_vision
@@ -130,10 +130,10 @@ class ConceptChecker:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.float32) -> "ConceptChecker":
-        """A `StableDiffusionSafetyChecker` directory (config.json + model.safetensors; docs/formats.md):
-        CLIP's vision tower, `visual_projection` (no bias), `concept_embeds` (17, P) and
-        `special_care_embeds` (3, P) with their `*_weights` thresholds. Keys may carry transformers 4.x's
-        doubled `vision_model.vision_model.` prefix or 5.x's single one."""
+        """A `StableDiffusionSafetyChecker` directory (config.json + model.safetensors, or the hub's
+        pytorch_model.bin; docs/formats.md): CLIP's vision tower, `visual_projection` (no bias),
+        `concept_embeds` (17, P) and `special_care_embeds` (3, P) with their `*_weights` thresholds. Keys
+        may carry transformers 4.x's doubled `vision_model.vision_model.` prefix or 5.x's single one."""
         from .config import VisionConfig
         hf = read_config(path)
         if hf is None or "vision_config" not in hf:
@@ -158,11 +158,7 @@ class ConceptChecker:
         missing = [k for k in extra if k not in sources]
         if missing:
             raise CheckpointError(f"{path}: not a safety checker: missing {', '.join(missing)}")
-        from safetensors import safe_open
-        tensors = {}
-        for key in extra:
-            with safe_open(str(sources[key]), "pt") as f:
-                tensors[key] = f.get_tensor(key).float()
+        tensors = {k: t.float() for k, t in read_tensors(sources, extra).items()}
         projection = tensors["visual_projection.weight"].to(device, dtype)                 # (P, D)
 
         @torch.no_grad()

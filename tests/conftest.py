@@ -178,9 +178,12 @@ def train_world(tmp_path_factory):
 
 
 def train_args(world, out, stage, *extra):
+    """train.py's argv for a tiny run of the `test` preset; stage 2 without an --init in `extra` gets --no-init
+    (a fresh abstractor: these runs test the training loop, not the model)."""
     data = [world / "stage1.json"] if stage == 1 else [world / "stage2.jsonl", world / "safety.jsonl"]
+    fresh = ["--no-init"] if stage == 2 and "--init" not in map(str, extra) else []
     return ["--stage", str(stage), "--preset", "test", "--vision", str(world / "vit"), "--llama", str(world / "llama"),
             "--tokenizer", str(world / "tokenizer.model"), "--data", *map(str, data), "--out", str(out),
-            "--max-seq-len", "256", "--quiet", "--eval-n", "0", *extra]
+            "--max-seq-len", "256", "--quiet", "--eval-n", "0", *fresh, *extra]
 
 

@@ -127,6 +127,7 @@ def test_a_training_step_lowers_the_loss_and_touches_only_its_stage(tokenizer, s
 def test_save_and_load_the_trainable_parts(tokenizer, tmp_path):
     torch.manual_seed(0)
     model = GPT4Video(CFG)
+    save_llama(model.llm, tmp_path / "llama")      # the frozen base weights (save_llama refuses unmerged LoRA)
     model.set_stage(2)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -140,7 +141,6 @@ def test_save_and_load_the_trainable_parts(tokenizer, tmp_path):
     hf_vision.save_pretrained(tmp_path / "vit", safe_serialization=True)
     from nanog4v.weights import load_vision
     model.vision = load_vision(tmp_path / "vit")
-    save_llama(model.llm, tmp_path / "llama")      # writes base weights only (LoRA skipped)
     model.save_pretrained(tmp_path / "g4v")
 
     loaded = GPT4Video.from_pretrained(tmp_path / "g4v", vision_path=tmp_path / "vit", llama_path=tmp_path / "llama")
