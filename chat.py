@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true",
                    help="stdout: one JSON object per turn and nothing else (status lines go to stderr)")
     p.add_argument("--preset", default="nano", choices=sorted(DEFAULT_T2V), help="nano (default), 7b or owl-video")
-    p.add_argument("--ckpt", type=Path, help="checkpoint directory (default weights/<preset>)")
+    p.add_argument("--ckpt", type=Path, help="checkpoint directory (default weights/<preset>; owl-video: "
+                   "weights/mplug-owl-llama-7b-video)")
     p.add_argument("--adapter", type=Path, help="owl-video: a GPT4Video stage-2 run to put on the checkpoint")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="weights' dtype (auto: bfloat16 on cuda, else float32)")
@@ -126,7 +127,7 @@ def check_args(args) -> None:
             sample_frames(path, 1)
         except VideoError as e:
             raise Fail(str(e)) from None
-    args.ckpt = args.ckpt or ROOT / "weights" / args.preset
+    args.ckpt = args.ckpt or ROOT / "weights" / ("mplug-owl-llama-7b-video" if args.preset == "owl-video" else args.preset)
     if not args.ckpt.is_dir():
         hint = " (the nano checkpoint is made by python train.py --preset nano --stage all)" if args.preset == "nano" else ""
         raise Fail(f"{args.ckpt}: no such checkpoint directory{hint}")

@@ -40,11 +40,12 @@ Where things are, by default (paths relative to this file; stage 0 writes the na
 
 What --out receives: `log.jsonl` (one line per optimiser step: loss, lr, grad norm, tokens, time),
 `last.pt` (the resumable training state, see nanog4v/trainer.py), `loss.png`, the trained model
-(`config.json` + `gpt4video.safetensors`, for GPT4Video.from_pretrained / --init), for stage 2 also the
+(`config.json` + `gpt4video.safetensors`, for weights.load_gpt4video / --init), for stage 2 also the
 LoRA adapter in peft's layout (`adapter/`), and `summary.json` (steps, time, final loss, evaluation).
 
 Data files may be VideoChat-11k JSON, GPT4Video-50k-style dialogues, safety dialogues or generic
-JSONL: the format is recognised from the first well-formed record (nanog4v/readers.py:sniff_format).
+JSONL, or the official repository's meta.json (its "train" list; --val reads its "test" list): the format
+is recognised from the first well-formed record (nanog4v/readers.py:sniff_format).
 Stage 1 can read cached ViT features instead of decoding videos (--features-dir; make them with
 `python -m nanog4v.features`). Errors print one line `error: <file or --flag>: <problem>` and exit with
 status 2; every number flag is checked before any work (`check_args`).
@@ -317,7 +318,7 @@ def train_stage(args) -> dict:
         if stage == 2:
             save_lora(model.llm, out / "adapter", base_model=str(paths["llama"].resolve()))
         if paths["val"] and args.eval_n > 0:
-            val = read_records(paths["val"], args.video_root, args.strict, log=say)
+            val = read_records(paths["val"], args.video_root, args.strict, log=say, split="test")  # meta.json: "test"
             evaluation = reply_accuracy(model, tokenizer, val, features_dir=paths.get("features_dir"),
                                         limit=args.eval_n, device=device, bf16=loop.bf16)
             say(f"validation: exact-answer accuracy {evaluation['accuracy']:.3f} on {evaluation['n']} replies")

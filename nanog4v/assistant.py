@@ -55,7 +55,7 @@ from .lora import merge_lora
 from .model import GPT4Video
 from .safety import REFUSALS, Safety, Verdict, is_refusal
 from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
-from .weights import CheckpointError, load_mplug_owl
+from .weights import CheckpointError, load_gpt4video, load_mplug_owl
 
 
 MIN_NEW_TOKENS = 16     # trimming shortens a reply down to this many tokens before it drops the latest video
@@ -82,7 +82,7 @@ def load_chat_model(ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtyp
     if stage.name == "stage1":
         log(f"note: {ckpt} has no stage2/; using the stage-1 model (no instruction tuning)")
     tokenizer = Tokenizer(ckpt / "tokenizer.model")
-    model = GPT4Video.from_pretrained(stage, vision_path=ckpt / "vision", llama_path=ckpt / "llama", dtype=dtype)
+    model = load_gpt4video(stage, vision_path=ckpt / "vision", llama_path=ckpt / "llama", dtype=dtype)
     if tokenizer.vocab_size > model.llm.cfg.vocab_size:
         raise CheckpointError(f"{ckpt / 'tokenizer.model'}: {tokenizer.vocab_size} pieces, but the LLaMA in "
                               f"{ckpt / 'llama'} has {model.llm.cfg.vocab_size} embeddings")

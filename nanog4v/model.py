@@ -16,7 +16,7 @@ exist at the level of the whole model:
 Which parameters learn is a property of the stage (paper §3.3): stage 1 trains the abstractor and its
 projection with the LLM frozen; stage 2 trains LoRA adapters only (text-only data). The ViT is always
 frozen. ``save_pretrained`` writes just those trainable parts; the frozen ViT and LLaMA come from their
-official checkpoints through ``weights.py``.
+official checkpoints through ``weights.py`` (``weights.load_gpt4video`` puts the three together).
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ from .llama import LLaMA
 from .lora import add_lora, lora_state_dict
 from .safetensors_io import CheckpointError, shorten, state_problems
 from .vision import VisionTransformer
-from .weights import load_llama, load_vision
 
 
 def splice_video(embeds: torch.Tensor, video_tokens: torch.Tensor,
@@ -204,38 +203,6 @@ class GPT4Video(nn.Module):
         state = {k: t.to(expected[k].dtype) for k, t in state.items()}
         self.load_state_dict(state, strict=False, assign=True)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, vision_path: str | Path, llama_path: str | Path,
-                        dtype: torch.dtype = torch.float32) -> "GPT4Video":
-        """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`.
-        Every problem is one CheckpointError naming the file: a config that does not build a model or does
-        not match the frozen models' widths, a safetensors file that does not fit it."""
-        cfg, lora = cls.read_config(directory)
-        config_file = Path(directory) / "config.json"
-        try:
-            with torch.device("meta"):                  # no random 7B copy: every tensor comes from a file
-                model = cls(cfg)
-        except (ValueError, RuntimeError, ZeroDivisionError) as e:     # e.g. n_heads 0, a negative width
-            raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
-        model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
-        model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
-        widths = [(f"vision.{k}", getattr(cfg.vision, k), getattr(model.vision.cfg, k), vision_path)
-                  for k in ("dim", "image_size", "patch_size")] + [("llama.dim", cfg.llama.dim, model.llm.cfg.dim, llama_path)]
-        mismatch = [f"{name} {ours} != {theirs} in {path}" for name, ours, theirs, path in widths if ours != theirs]
-        if mismatch:
-            raise CheckpointError(f"{config_file}: does not match the frozen models: " + "; ".join(mismatch))
-        if lora:
-            try:
-                model.add_lora()
-            except (ValueError, RuntimeError) as e:                     # e.g. LoRA rank 0
-                raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
-        model.load_trainable(directory)                  # materialises the abstractor
-        still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
-        if still_meta:
-            raise CheckpointError(f"{directory}: not initialised after loading: {still_meta[:5]}")
-        model.requires_grad_(False)                      # inference; `set_stage` picks what trains
-        return model.eval()
-
 
 # --- config.json, checked -------------------------------------------------------------------------
 
@@ -290,8 +257,3 @@ def _short(value) -> str:
 
 def _json_kind(value) -> str:
     return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

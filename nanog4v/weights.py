@@ -3,7 +3,9 @@
 Each loader builds our module on the `meta` device and hands `safetensors_io.load_checkpoint` a
 renaming table (official key -> ours); names, shapes and dtypes are checked before any data is read,
 and the tensors are streamed in one at a time, from safetensors or (safely) PyTorch `.bin` files. The
-savers are the inverse tables, written through `safetensors_io.write_checkpoint`. The layouts
+savers are the inverse tables, written through `safetensors_io.write_checkpoint`. `load_gpt4video` puts a
+trained GPT4Video together from those frozen parts and its own trainable parts; `load_mplug_owl` reads the
+whole of mPLUG-Owl's video checkpoint, where the official code starts. The layouts
 themselves, and what was checked against which library version, are in docs/formats.md.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .safetensors_io import CheckpointError, load_checkpoint, read_config, shorten, write_checkpoint
+from .safetensors_io import CheckpointError, _first_line, load_checkpoint, read_config, shorten, write_checkpoint
 
 # --- 3. the official layouts ------------------------------------------------------------------------
 # (CLIP vision: `load_vision`; LLaMA: `load_llama` / `save_llama` — each with its key table.)
@@ -184,6 +186,41 @@ def save_llama(model: nn.Module, path: str | Path, max_shard_size: int | str = "
     specs = {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
     hf = llama_config_to_hf(cfg, specs["model.embed_tokens.weight"][1])
     return write_checkpoint(path, hf, specs, tensors.__getitem__, max_shard_size)
+
+
+# GPT4Video: the frozen parts from their official checkpoints, the trainable parts from save_pretrained's files
+
+def load_gpt4video(directory: str | Path, *, vision_path: str | Path, llama_path: str | Path,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Frozen ViT and LLaMA from their official checkpoints, trainable parts from `directory`.
+    Every problem is one CheckpointError naming the file: a config that does not build a model or does
+    not match the frozen models' widths, a safetensors file that does not fit it."""
+    from .model import GPT4Video
+    cfg, lora = GPT4Video.read_config(directory)
+    config_file = Path(directory) / "config.json"
+    try:
+        with torch.device("meta"):                  # no random 7B copy: every tensor comes from a file
+            model = GPT4Video(cfg)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:     # e.g. n_heads 0, a negative width
+        raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
+    model.vision = load_vision(vision_path, dtype=dtype).requires_grad_(False)
+    model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
+    widths = [(f"vision.{k}", getattr(cfg.vision, k), getattr(model.vision.cfg, k), vision_path)
+              for k in ("dim", "image_size", "patch_size")] + [("llama.dim", cfg.llama.dim, model.llm.cfg.dim, llama_path)]
+    mismatch = [f"{name} {ours} != {theirs} in {path}" for name, ours, theirs, path in widths if ours != theirs]
+    if mismatch:
+        raise CheckpointError(f"{config_file}: does not match the frozen models: " + "; ".join(mismatch))
+    if lora:
+        try:
+            model.add_lora()
+        except (ValueError, RuntimeError) as e:                     # e.g. LoRA rank 0
+            raise CheckpointError(f"{config_file}: not a GPT4Video config ({_first_line(e)})") from None
+    model.load_trainable(directory)                  # materialises the abstractor
+    still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if still_meta:
+        raise CheckpointError(f"{directory}: not initialised after loading: {still_meta[:5]}")
+    model.requires_grad_(False)                      # inference; `set_stage` picks what trains
+    return model.eval()
 
 
 # mPLUG-Owl's video model (`MAGAer13/mplug-owl-llama-7b-video`; docs/formats.md, mPLUG-Owl video): the

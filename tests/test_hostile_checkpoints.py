@@ -16,10 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import Evil, ROOT
-from nanog4v.model import GPT4Video
 from nanog4v.safetensors_io import CheckpointError
 from nanog4v.t2v import T2VError, load_generator
-from nanog4v.weights import load_llama, load_vision
+from nanog4v.weights import load_gpt4video, load_llama, load_vision
 
 spec = importlib.util.spec_from_file_location("chat_script_hostile", ROOT / "chat.py")
 CHAT = importlib.util.module_from_spec(spec)
@@ -213,7 +212,7 @@ def test_the_loader_gives_one_line_naming_the_file(tiny_ckpt, tmp_path, name):
     BROKEN[name][0](ckpt)
     message, exact = expected_error(ckpt, name)
     with pytest.raises(CheckpointError) as e:
-        GPT4Video.from_pretrained(ckpt / "stage2", vision_path=ckpt / "vision", llama_path=ckpt / "llama")
+        load_gpt4video(ckpt / "stage2", vision_path=ckpt / "vision", llama_path=ckpt / "llama")
     text = str(e.value)
     assert "\n" not in text and (text == message if exact else text.startswith(message)), (text, message)
     assert not (ckpt / "pwned").exists()
@@ -241,7 +240,7 @@ def test_float_tensors_of_another_precision_load_as_float32(tiny_ckpt, tmp_path,
     ckpt = checkpoint(tiny_ckpt, tmp_path / "ckpt")
     saved = load_file(str(ckpt / TRAINABLE))
     save_file({k: v.to(dtype) for k, v in saved.items()}, str(ckpt / TRAINABLE))
-    model = GPT4Video.from_pretrained(ckpt / "stage2", vision_path=ckpt / "vision", llama_path=ckpt / "llama")
+    model = load_gpt4video(ckpt / "stage2", vision_path=ckpt / "vision", llama_path=ckpt / "llama")
     loaded = model.trainable_state_dict()
     assert set(loaded) == set(saved)
     for k, v in saved.items():

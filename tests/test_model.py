@@ -6,7 +6,7 @@ import transformers
 from nanog4v.config import preset
 from nanog4v.data import IGNORE, collate, encode_conversation
 from nanog4v.model import GPT4Video, lm_loss, splice_video
-from nanog4v.weights import CheckpointError, save_llama
+from nanog4v.weights import CheckpointError, load_gpt4video, save_llama
 
 CFG = preset("test")
 N = CFG.abstractor.num_queries
@@ -143,7 +143,7 @@ def test_save_and_load_the_trainable_parts(tokenizer, tmp_path):
     model.vision = load_vision(tmp_path / "vit")
     model.save_pretrained(tmp_path / "g4v")
 
-    loaded = GPT4Video.from_pretrained(tmp_path / "g4v", vision_path=tmp_path / "vit", llama_path=tmp_path / "llama")
+    loaded = load_gpt4video(tmp_path / "g4v", vision_path=tmp_path / "vit", llama_path=tmp_path / "llama")
     batch = batch_of(tokenizer, [one_video("what is it", "a red circle.")], [1])
     model.eval()
     with torch.no_grad():
@@ -153,4 +153,4 @@ def test_save_and_load_the_trainable_parts(tokenizer, tmp_path):
 
     (tmp_path / "g4v" / "gpt4video.safetensors").unlink()
     with pytest.raises(CheckpointError, match="gpt4video.safetensors"):
-        GPT4Video.from_pretrained(tmp_path / "g4v", vision_path=tmp_path / "vit", llama_path=tmp_path / "llama")
+        load_gpt4video(tmp_path / "g4v", vision_path=tmp_path / "vit", llama_path=tmp_path / "llama")

@@ -43,7 +43,7 @@ from ..features import cache_features, unique_videos
 from ..model import GPT4Video
 from ..readers import read_videochat
 from ..tokenizer import Tokenizer
-from ..weights import load_vision
+from ..weights import load_gpt4video, load_vision
 from .tables import held_out, questions, table1, table3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def standard_error(p: float, n: int) -> float:
 
 def score(ckpt: Path, run_dir: Path, stage: int, limit: int | None, data: Path) -> dict:
     """Held-out QA (both stages) and prompt fidelity (stage 2) of a trained variant, on the world `data`."""
-    model = GPT4Video.from_pretrained(run_dir, vision_path=ckpt / "vision", llama_path=ckpt / "llama").eval()
+    model = load_gpt4video(run_dir, vision_path=ckpt / "vision", llama_path=ckpt / "llama").eval()
     tokenizer = Tokenizer(ckpt / "tokenizer.model")
     files = held_out(data)
     qa, _ = questions(files["stage1"], limit)
