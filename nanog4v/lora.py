@@ -175,8 +175,10 @@ def _our_name(key: str) -> str | None:
     return name if _is_lora_param(name) else None
 
 
-def save_lora(module: nn.Module, path: str | Path) -> Path:
-    """Write `adapter_model.safetensors` (adapters only) and `adapter_config.json` to directory `path`."""
+def save_lora(module: nn.Module, path: str | Path, base_model: str | None = None) -> Path:
+    """Write `adapter_model.safetensors` (adapters only) and `adapter_config.json` to directory `path`.
+    `base_model` (a hub id or a directory: the LLaMA the adapter was trained on) goes into the config's
+    `base_model_name_or_path`, where peft looks for the base; None when unknown."""
     layers = _require_lora(module, "save_lora")
     settings = {(m.r, m.alpha, m.dropout_p) for m in layers.values()}
     if len(settings) != 1:
@@ -189,7 +191,7 @@ def save_lora(module: nn.Module, path: str | Path) -> Path:
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
               "lora_dropout": dropout, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
               "bias": "none", "use_rslora": False, "fan_in_fan_out": False, "init_lora_weights": True,
-              "inference_mode": True, "base_model_name_or_path": None, "modules_to_save": None}
+              "inference_mode": True, "base_model_name_or_path": base_model, "modules_to_save": None}
     (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     return path
 

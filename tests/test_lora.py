@@ -171,6 +171,7 @@ def test_save_load_round_trip_exact(hf_dir, tmp_path, tokens):
     save_lora(model, tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"], cfg["target_modules"]) == (R, ALPHA, 0.1, list(QV))
+    assert cfg["base_model_name_or_path"] is None                   # no base_model given: unknown
     # into a plain model (LoRA layers are added from the config) and into one that has them
     for fresh in (load_llama(hf_dir), add_lora(load_llama(hf_dir), QV, r=R, alpha=ALPHA, dropout=0.1)):
         load_lora(fresh, tmp_path / "adapter")
@@ -182,11 +183,16 @@ def test_save_load_round_trip_exact(hf_dir, tmp_path, tokens):
 
 def test_peft_loads_ours_and_we_load_peft(hf_dir, tmp_path, tokens):
     model = _randomise(add_lora(load_llama(hf_dir), QV, r=R, alpha=ALPHA, dropout=0.0), seed=3)
-    save_lora(model, tmp_path / "ours")
+    save_lora(model, tmp_path / "ours", base_model=str(hf_dir))
+    cfg = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(hf_dir)
     theirs = peft.PeftModel.from_pretrained(_hf(hf_dir), tmp_path / "ours").eval()
     err = _err(_logits_hf(theirs, tokens), _logits(model, tokens))
     print(f"peft PeftModel.from_pretrained(our adapter) vs ours: max|Δlogits| = {err:.2e}")
     assert err <= 1e-5
+    # peft finds the base model by itself from base_model_name_or_path
+    auto = peft.AutoPeftModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert _err(_logits_hf(auto, tokens), _logits(model, tokens)) <= 1e-5
     # and the other way: an adapter written by peft's save_pretrained
     p = _peft(hf_dir, ("q_proj", "k_proj"), r=2, alpha=6)
     _randomise_peft(p)

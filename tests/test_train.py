@@ -302,3 +302,38 @@ def test_errors_name_the_file_and_say_what_to_do(world, stage1, tmp_path, capsys
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--stage", "1", "--preset", "test"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr == "error: train.py: --vision is required with --preset test\n"
+
+
+NEEDS_INIT = ("error: train.py: --preset test --stage 2 trains LoRA on top of a stage-1 model: pass --init DIR (the --out "
+              "of python train.py --preset test --stage 1), or --no-init to train on a fresh, random abstractor\n")
+
+
+def test_stage2_without_init_is_refused_unless_no_init_says_so(world, tmp_path, capsys):
+    assert _error(capsys, ["--stage", "2", "--preset", "test"]) == NEEDS_INIT
+    argv = [a for a in args(world, tmp_path / "out", 2) if a != "--no-init"]       # every path given, but no --init
+    assert "--init" not in argv and len(argv) == len(args(world, tmp_path / "out", 2)) - 1
+    assert _error(capsys, argv) == NEEDS_INIT
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:                                            # one or the other, not both
+        TRAIN.parse_args([*argv, "--init", str(tmp_path), "--no-init"])
+    assert e.value.code == 2 and "not allowed with argument --init" in capsys.readouterr().err
+
+
+def test_a_stage2_run_names_its_llama_in_the_adapter_and_exports_from_it(world, tmp_path):
+    """--no-init runs; the adapter's base_model_name_or_path is the LLaMA directory, which is all
+    `python -m nanog4v.export` needs to write the merged LLaMA that transformers runs to our logits."""
+    import transformers
+
+    from nanog4v import export
+    result = run(world, tmp_path / "run", 2, "--max-steps", "2", "--lr", "1e-2")
+    assert "--no-init" in args(world, tmp_path / "run", 2) and result["step"] == 2
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((world / "llama").resolve())
+    assert export.main(["--ckpt", str(tmp_path / "run"), "--tokenizer", str(world / "tokenizer.model"),
+                        "--out", str(tmp_path / "exported")]) == 0
+    llm = result["model"].llm.eval()
+    ids = torch.tensor([Tokenizer(world / "tokenizer.model").encode("Show me a red circle.", bos=True)])
+    with torch.no_grad():
+        want, base = llm(ids), load_llama(world / "llama")(ids)
+        got = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "exported").eval()(ids).logits
+    assert (got - want).abs().max().item() <= 1e-5 and (want - base).abs().max().item() > 1e-3
