@@ -11,7 +11,9 @@ gives the same logits as our model with the unmerged adapter (tests/test_export.
 --ckpt is either a chat checkpoint directory (`tokenizer.model`, `llama/`, `stage2/`: what chat.py reads)
 or one stage-2 run as `train.py --out` writes it (`config.json` + `gpt4video.safetensors`); a run does not
 hold its frozen LLaMA, so it comes from --llama, or else from the run's `adapter/adapter_config.json`
-(`base_model_name_or_path`, written by train.py). The tokenizer is --tokenizer, or `tokenizer.model`
+(`base_model_name_or_path`, written by train.py). A run of the `owl-video` preset was trained on
+mPLUG-Owl's video checkpoint: --llama (or the adapter's base) is then that checkpoint's directory, and
+its LLaMA (`language_model.*`) is what gets the LoRA and is exported. The tokenizer is --tokenizer, or `tokenizer.model`
 beside the checkpoint or inside the LLaMA directory.
 
 OUT receives `config.json` + `model.safetensors` (sharded beyond --max-shard-size) from `save_llama`,
@@ -27,6 +29,7 @@ Face class. Errors print one line `error: <file or --flag>: <problem>` and exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -42,7 +45,7 @@ from .lora import ADAPTER_CONFIG, merge_lora
 from .model import GPT4Video
 from .safetensors_io import CheckpointError, read_config
 from .tokenizer import Tokenizer, TokenizerError
-from .weights import load_llama, save_llama
+from .weights import load_llama, load_mplug_owl, save_llama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,9 +62,13 @@ def merged_llama(stage_dir: Path, llama_path: Path, dtype: torch.dtype = torch.f
     if not lora:
         raise CheckpointError(f"{stage_dir / 'config.json'}: a stage-1 model (no LoRA): its LLaMA is {llama_path} "
                               "unchanged, nothing to merge")
-    with torch.device("meta"):
-        model = GPT4Video(cfg)
-    model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
+    if cfg.name == "owl-video":                  # trained on mPLUG-Owl's checkpoint: its LLaMA is inside it
+        model = load_mplug_owl(llama_path, dtype)
+        model.cfg = dataclasses.replace(model.cfg, lora=cfg.lora)
+    else:
+        with torch.device("meta"):
+            model = GPT4Video(cfg)
+        model.llm = load_llama(llama_path, dtype=dtype).requires_grad_(False)
     theirs, ours = model.llm.cfg, cfg.llama
     mismatch = [f"{k} {getattr(ours, k)} != {getattr(theirs, k)}" for k in ("dim", "n_layers", "n_heads", "n_kv_heads")
                 if getattr(ours, k) != getattr(theirs, k)]

@@ -30,9 +30,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .cpu_linear import linear
-from .safetensors_io import CheckpointError, state_problems
+from .safetensors_io import CheckpointError, find_tensors, read_tensors, state_problems
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_BIN = "adapter_model.bin"                    # older peft versions' file (read with weights_only=True)
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."      # peft's wrapper around the HF model (whose layers sit in `model.`)
 
@@ -202,9 +203,12 @@ def load_lora(module: nn.Module, path: str | Path) -> nn.Module:
     Without LoRA layers yet, `module` gets them first (`add_lora` with the file's r, α, dropout and
     the targets its keys name). Every adapter tensor of `module` must be in the file and vice
     versa, with the same shape; otherwise one `CheckpointError` names the file and lists problems.
+    The weights may also be older peft's `adapter_model.bin` (read as tensors only, never unpickled).
     """
     path = Path(path)
     cfg_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not weights_file.is_file() and (path / ADAPTER_BIN).is_file():
+        weights_file = path / ADAPTER_BIN
     for f in (cfg_file, weights_file):
         if not f.is_file():
             raise CheckpointError(f"{f}: no such file (expected a LoRA adapter directory)")
@@ -218,11 +222,15 @@ def load_lora(module: nn.Module, path: str | Path) -> nn.Module:
                    if k in cfg and cfg[k] != ok]
     if unsupported:
         raise CheckpointError(f"{cfg_file}: unsupported LoRA settings: {', '.join(unsupported)}")
-    try:
-        with safe_open(str(weights_file), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for bad files
-        raise CheckpointError(f"{weights_file}: not a readable safetensors file ({e})") from None
+    if weights_file.suffix == ".bin":
+        sources = find_tensors(weights_file)                   # CheckpointError for a pickle that is more
+        tensors = read_tensors(sources, sources)
+    else:
+        try:
+            with safe_open(str(weights_file), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for bad files
+            raise CheckpointError(f"{weights_file}: not a readable safetensors file ({e})") from None
 
     layers = lora_layers(module)
     if not layers:

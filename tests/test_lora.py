@@ -202,6 +202,11 @@ def test_peft_loads_ours_and_we_load_peft(hf_dir, tmp_path, tokens):
     err = _err(_logits(ours, tokens), _logits_hf(p, tokens))
     print(f"our load_lora(peft's adapter) vs peft: max|Δlogits| = {err:.2e}")
     assert err <= 1e-5
+    # older peft wrote adapter_model.bin: the same tensors through torch.load(weights_only=True)
+    p.save_pretrained(tmp_path / "peft-bin", safe_serialization=False)
+    assert (tmp_path / "peft-bin" / "adapter_model.bin").is_file()
+    from_bin = load_lora(load_llama(hf_dir), tmp_path / "peft-bin")
+    assert _err(_logits(from_bin, tokens), _logits(ours, tokens)) == 0
 
 
 def _randomise_peft(peft_model):

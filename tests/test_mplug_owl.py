@@ -359,3 +359,19 @@ def test_chat_on_it_as_released_and_with_a_stage2_adapter(owl_ckpt, owl_stage2, 
 def _lora_layers(module):
     from nanog4v.lora import lora_layers
     return lora_layers(module).values()
+
+
+def test_the_export_of_a_stage2_run_on_it_loads_in_transformers(owl_ckpt, owl_stage2, tmp_path):
+    """The run's adapter names the checkpoint as its base; the export merges the LoRA into its LLaMA."""
+    from transformers import LlamaForCausalLM
+    from nanog4v.assistant import load_owl_chat_model
+    from nanog4v.export import main as export
+    assert export(["--ckpt", str(owl_stage2), "--out", str(tmp_path / "out")]) == 0
+    model, _, _ = load_owl_chat_model(owl_ckpt, owl_stage2)                 # LoRA merged
+    plain = load_mplug_owl(owl_ckpt)                                         # no LoRA
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    tokens = torch.randint(3, TEXT["vocab_size"], (1, 12))
+    with torch.no_grad():
+        ours, theirs, base = model.llm(tokens), hf(tokens).logits, plain.llm(tokens)
+    assert (ours - theirs).abs().max() < 1e-5 < (ours - base).abs().max()
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (owl_ckpt / "tokenizer.model").read_bytes()
