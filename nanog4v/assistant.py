@@ -53,6 +53,7 @@ from .generate import SamplingConfig, stream
 from .inference import prompt_embeddings, video_tokens
 from .lora import merge_lora
 from .model import GPT4Video
+from .mplug_owl import TEMPLATE as OWL_TEMPLATE
 from .safety import REFUSALS, Safety, Verdict, is_refusal
 from .tokenizer import StreamDecoder, Tokenizer, TokenizerError
 from .weights import CheckpointError, load_gpt4video, load_mplug_owl
@@ -83,9 +84,7 @@ def load_chat_model(ckpt_dir: str | Path, device: str = "cpu", dtype: torch.dtyp
         log(f"note: {ckpt} has no stage2/; using the stage-1 model (no instruction tuning)")
     tokenizer = Tokenizer(ckpt / "tokenizer.model")
     model = load_gpt4video(stage, vision_path=ckpt / "vision", llama_path=ckpt / "llama", dtype=dtype)
-    if tokenizer.vocab_size > model.llm.cfg.vocab_size:
-        raise CheckpointError(f"{ckpt / 'tokenizer.model'}: {tokenizer.vocab_size} pieces, but the LLaMA in "
-                              f"{ckpt / 'llama'} has {model.llm.cfg.vocab_size} embeddings")
+    _check_vocab(tokenizer, model, ckpt / "tokenizer.model", ckpt / "llama")
     if model.has_lora:
         merge_lora(model.llm)        # W ← W + (α/r)·B A: inference pays one matmul per projection, not three
     return model.to(device).eval(), tokenizer
@@ -95,14 +94,14 @@ def load_owl_chat_model(ckpt_dir: str | Path, adapter: str | Path | None = None,
                         dtype: torch.dtype = torch.float32) -> tuple[GPT4Video, Tokenizer, Template]:
     """(model, tokenizer, template) from mPLUG-Owl's released video checkpoint, with the LoRA of a GPT4Video
     stage-2 run (`adapter`) merged in when one is given; the template is the one the model was taught."""
-    from .mplug_owl import TEMPLATE
     ckpt = Path(ckpt_dir)
     for need in (ckpt / "config.json", ckpt / "tokenizer.model"):
         if not need.is_file():
             raise ChatError(f"{need}: missing (not an mPLUG-Owl checkpoint directory: it needs config.json, "
                             "tokenizer.model and pytorch_model.bin or model.safetensors)")
     tokenizer, model = Tokenizer(ckpt / "tokenizer.model"), load_mplug_owl(ckpt, dtype)
-    template = TEMPLATE
+    _check_vocab(tokenizer, model, ckpt / "tokenizer.model", ckpt)
+    template = OWL_TEMPLATE
     if adapter is not None:
         cfg, lora = GPT4Video.read_config(adapter)
         if cfg.name != "owl-video" or not lora:
@@ -114,6 +113,12 @@ def load_owl_chat_model(ckpt_dir: str | Path, adapter: str | Path | None = None,
         merge_lora(model.llm)
         template = GPT4VIDEO
     return model.to(device).eval(), tokenizer, template
+
+
+def _check_vocab(tokenizer: Tokenizer, model: GPT4Video, tokenizer_file: Path, llama_path: Path) -> None:
+    if tokenizer.vocab_size > model.llm.cfg.vocab_size:
+        raise CheckpointError(f"{tokenizer_file}: {tokenizer.vocab_size} pieces, but the LLaMA in {llama_path} has "
+                              f"{model.llm.cfg.vocab_size} embeddings")
 
 
 # --- the hand-off: <video> prompts in a reply -----------------------------------------------------------
