@@ -39,7 +39,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 BIN_SINGLE_NAME = "pytorch_model.bin"
-REMAP_BYTES = 16 * 2**20        # a .bin's mapping is dropped and reopened before this many bytes are read through it
+REMAP_BYTES = 16 * 2**20        # a .bin's mapping is dropped and reopened before this many bytes are read through it,
+REMAP_FRACTION = 64             # or 1/64 of the file if that is more (each reopening re-reads its pickle: ~60 ms at 7B)
 
 
 class CheckpointError(ValueError):
@@ -188,17 +189,19 @@ def _read_bin(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tens
     a fresh buffer of its own. The mapped pages a copy reads stay resident, and count in the process's
     memory, for as long as the mapping lives (any tensor of it keeps it alive): so the mapping is dropped
     and reopened before `REMAP_BYTES` have been read through it, a large tensor being copied in slices of
-    rows with reopenings between them. Resident memory thus stays within REMAP_BYTES of the bytes handed
-    out, not twice them (the safetensors route reads with `readinto` and needs no such care)."""
+    rows with reopenings between them. Resident memory thus stays within REMAP_BYTES (or 1/REMAP_FRACTION of
+    the file) of the bytes handed out, not twice them (the safetensors route reads with `readinto` and needs
+    no such care). A 14.3 GB checkpoint is so mapped 64 times, not 850 (76 s -> see bench/RESULTS.md)."""
     state, piece, since_open = _bin_state(file), None, 0
+    limit = max(REMAP_BYTES, file.stat().st_size // REMAP_FRACTION)
     for key in keys:
         out = torch.empty(state[key].shape, dtype=state[key].dtype)          # contiguous
         rows = torch.atleast_1d(out)                                         # a scalar as one row
         row_bytes = rows[0].nbytes if len(rows) else 0
-        step = max(1, REMAP_BYTES // max(1, row_bytes))                      # rows per slice
+        step = max(1, limit // max(1, row_bytes))                            # rows per slice
         for i in range(0, len(rows), step):
             n = min(step, len(rows) - i) * row_bytes
-            if since_open and since_open + n > REMAP_BYTES:
+            if since_open and since_open + n > limit:
                 state = piece = None                                         # unmaps the file ...
                 state, since_open = _bin_state(file), 0                      # ... and maps it afresh
             piece = torch.atleast_1d(state[key])[i:i + step]
