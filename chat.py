@@ -4,7 +4,7 @@
     python chat.py --video clip.mp4 --prompt "..." [--prompt "..."] [--json]   # one-shot, one turn each
         [--preset nano|7b|owl-video] [--ckpt DIR] [--t2v toy|zeroscope|none] [--t2v-path DIR] [--out DIR]
         [--frames T] [--max-new-tokens N] [--temperature X] [--top-p P] [--seed S] [--device cpu|cuda|mps]
-        [--dtype auto|float32|bfloat16|float16]
+        [--dtype auto|float32|bfloat16|float16] [--fast-decode]
     python chat.py --preset owl-video --ckpt weights/mplug-owl-llama-7b-video --video clip.mp4 [--adapter RUN]
 
 In the interactive session: `/video PATH` attaches another video, `/reset` forgets the conversation,
@@ -77,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
+    p.add_argument("--fast-decode", action="store_true", help="decode with a static-shape step under torch.compile "
+                   "(CUDA graphs on cuda; nanog4v/fast_decode.py): same replies; the first one waits for the compile")
     p.add_argument("--t2v", choices=["toy", "zeroscope", "none"], help="video generator (default: by preset)")
     p.add_argument("--t2v-path", type=Path, help="diffusers pipeline directory for --t2v zeroscope")
     p.add_argument("--t2v-frames", type=int, help="frames per generated video (toy 8, zeroscope 24)")
@@ -181,6 +183,10 @@ def build(args, log):
     from nanog4v.weights import CheckpointError
 
     device = pick_device(args.device)
+    if args.fast_decode:
+        from nanog4v.fast_decode import compile_problem
+        if problem := compile_problem(device):
+            raise Fail(f"--fast-decode: {problem}")
     auto = torch.bfloat16 if device == "cuda" else torch.float32
     dtype = auto if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
@@ -223,7 +229,8 @@ def build(args, log):
                               seed=args.seed)
     return Assistant(model, tokenizer, sampling=sampling, safety=safety, generator=generator, out_dir=args.out,
                      t2v_frames=args.t2v_frames, device=device, log=log, template=template,
-                     refusal=toy_data.is_refusal if toy_model else is_refusal)
+                     refusal=toy_data.is_refusal if toy_model else is_refusal,
+                     decode="compile" if args.fast_decode else "dynamic")
 
 
 def show(result, args, streamed: bool) -> None:

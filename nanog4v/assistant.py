@@ -209,8 +209,9 @@ class Assistant:
     def __init__(self, model: GPT4Video, tokenizer: Tokenizer, *, sampling: SamplingConfig = SamplingConfig(),
                  safety: Safety | None = None, generator=None, out_dir: str | Path = "chat_videos",
                  t2v_frames: int | None = None, device: str = "cpu", refusal=is_refusal, log=lambda item: None,
-                 template: Template = GPT4VIDEO):
+                 template: Template = GPT4VIDEO, decode: str = "dynamic"):
         self.model, self.tokenizer, self.device, self.log = model, tokenizer, device, log
+        self.decode = decode                     # generate.stream's decode path: "dynamic", "static" or "compile"
         self.is_refusal = refusal                # reply -> bool: does it read as the model's refusal?
         self.template = template                 # the prompt layout: GPT4Video's, or mPLUG-Owl's own
         self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=template.stop)
@@ -341,7 +342,7 @@ class Assistant:
         cfg = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens, seed=seed)
         decoder, ids = StreamDecoder(self.tokenizer), []
         for token in stream(self.model.llm, embeds=embeds[None], cfg=cfg, eos_id=self.tokenizer.eos_id,
-                            tokenizer=self.tokenizer):
+                            tokenizer=self.tokenizer, decode=self.decode):
             ids.append(token)
             piece = decoder.push(token)
             if piece and on_text is not None:

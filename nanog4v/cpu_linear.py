@@ -10,7 +10,8 @@ bandwidth unused on the CPU (bench/RESULTS.md, 2-core EPYC):
                when oneDNN is switched off, reads each weight once (~21-33 GB/s)
 
 Only inference (no autograd graph) with a single row on the CPU takes these paths; training, prefill,
-batches and GPUs use `F.linear`. The values are F.linear's up to summation order (~1e-6 relative).
+batches, GPUs and code being traced by `torch.compile` (inductor picks its own kernels, and cannot lower
+the oneDNN op) use `F.linear`. The values are F.linear's up to summation order (~1e-6 relative).
 
 `cpu_linear.ENABLED = False` (or the environment variable NANOG4V_PLAIN_LINEAR=1 at import) makes `linear`
 plain `F.linear` everywhere, e.g. to compare against a reference bit for bit.
@@ -36,7 +37,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Switching oneDNN off is process-global for the one call: another thread's matmul in that window
     would also skip oneDNN (slower, same result).
     """
-    if not ENABLED or x.device.type != "cpu" or x.numel() != x.shape[-1] or torch.is_grad_enabled():
+    if not ENABLED or x.device.type != "cpu" or x.numel() != x.shape[-1] or torch.is_grad_enabled() \
+            or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
     onednn = torch.backends.mkldnn.enabled                              # unless the user switched it off
     if x.dtype == torch.float32 and onednn and ONEDNN_LINEAR and weight.numel() >= ONEDNN_MIN_WEIGHT:

@@ -14,6 +14,8 @@ in the order transformers uses, each a pure function so that tests and the noteb
 
 Decoding uses the model's preallocated KV cache: one *prefill* forward over the whole prompt, then one
 forward of a single token per step (`start_pos` = how many positions the cache already holds).
+`decode="static"` / `"compile"` run those steps with static shapes instead, so that torch.compile and
+CUDA graphs can capture them (nanog4v/fast_decode.py); the readable `"dynamic"` path is the default.
 
 Batching (`generate`): prompts of different lengths are **left**-padded to a common length P so that
 every row's next token sits in the same column; `attention_mask` (B, P + t) marks real positions with
@@ -35,6 +37,8 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .fast_decode import DECODES, StaticStep
 
 
 @dataclass(frozen=True)
@@ -233,12 +237,13 @@ def _left_pad(model, prompts, embeds, pad_id):
 
 @torch.inference_mode()
 def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: int,
-            finished: torch.Tensor) -> Iterator[torch.Tensor]:
+            finished: torch.Tensor, decode: str = "dynamic") -> Iterator[torch.Tensor]:
     """Prefill, then yield the sampled ids (B,) of each step and feed them back through the KV cache.
 
     `finished` (B,) bool is owned by the caller, who marks rows done between steps; a finished row is
     fed `pad_id` with mask 0 from then on. The loop ends when every row is finished or after
-    cfg.max_new_tokens steps; the cache is released when the generator closes.
+    cfg.max_new_tokens steps; the cache is released when the generator closes. `decode` picks the
+    forward of the steps after the prefill (see DECODES and nanog4v/fast_decode.py).
     """
     B, P = mask.shape
     if cfg.max_new_tokens == 0:
@@ -249,7 +254,11 @@ def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: i
     generators = make_generators(cfg.seed, B, param.device)
     mask = F.pad(mask, (0, cfg.max_new_tokens))            # (B, P + max_new); filled as tokens arrive
     padded = bool((mask[:, :P] == 0).any())
-    model.setup_cache(B, P + cfg.max_new_tokens, dtype=param.dtype, device=param.device)
+    static = None
+    if decode == "dynamic":
+        model.setup_cache(B, P + cfg.max_new_tokens, dtype=param.dtype, device=param.device)
+    else:                                                  # static shapes, for torch.compile / CUDA graphs
+        static = StaticStep(model, B, P + cfg.max_new_tokens, compile=decode == "compile")
     try:
         logits = model(tokens, embeds=embeds, start_pos=0,
                        attention_mask=mask[:, :P] if padded else None, last_only=True)  # (B, 1, V)
@@ -264,15 +273,19 @@ def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: i
             padded = padded or bool(finished.any())
             if history is not None:
                 history = torch.cat([history, feed.masked_fill(finished, -1)[:, None]], 1)
-            logits = model(feed[:, None], start_pos=pos,
-                           attention_mask=mask[:, :pos + 1] if padded else None, last_only=True)
+            if static is not None:
+                logits = static(feed, pos, mask)           # (B, 1, V); the whole cache, masked
+            else:
+                logits = model(feed[:, None], start_pos=pos,
+                               attention_mask=mask[:, :pos + 1] if padded else None, last_only=True)
     finally:
         model.clear_cache()
 
 
 def generate(model, prompts: list[list[int]] | None = None, *,
              embeds: list[torch.Tensor] | None = None, cfg: SamplingConfig = SamplingConfig(),
-             eos_id: int | None, pad_id: int = 0, tokenizer: Decoder | None = None) -> list[list[int]]:
+             eos_id: int | None, pad_id: int = 0, tokenizer: Decoder | None = None,
+             decode: str = "dynamic") -> list[list[int]]:
     """Batched generation: one continuation (a list of new ids, without eos) per prompt.
 
     prompts: token ids per row, or embeds: (L_i, dim) input embeddings per row (e.g. a prompt with
@@ -280,16 +293,18 @@ def generate(model, prompts: list[list[int]] | None = None, *,
     of cfg.stop (not included; needs `tokenizer`; see StopScanner), or after cfg.max_new_tokens.
     The repetition penalty counts prompt and generated ids (generated only, for `embeds`).
     The model is used as it is: put it in eval mode first (LoRA dropout would otherwise stay on).
+    decode: "dynamic" (the readable steps), "static" or "compile" (nanog4v/fast_decode.py); the same ids.
     """
     if cfg.stop and tokenizer is None:
         raise ValueError("generate: stop strings need a tokenizer (anything with decode(ids))")
+    _check_decode("generate", decode)
     tokens, inputs, mask, history = _left_pad(model, prompts, embeds, pad_id)
     B = mask.shape[0]
     finished = torch.zeros(B, dtype=torch.bool, device=mask.device)
     done = [False] * B
     outs: list[list[int]] = [[] for _ in range(B)]
     scanners = [StopScanner(tokenizer, cfg.stop) for _ in range(B)] if cfg.stop else None
-    with contextlib.closing(_decode(model, tokens, inputs, mask, history, cfg, pad_id, finished)) as steps:
+    with contextlib.closing(_decode(model, tokens, inputs, mask, history, cfg, pad_id, finished, decode)) as steps:
         for next_ids in steps:
             for b, tok in enumerate(next_ids.tolist()):
                 if done[b]:
@@ -308,30 +323,37 @@ def generate(model, prompts: list[list[int]] | None = None, *,
 
 def stream(model, prompt_ids: list[int] | None = None, *, embeds: torch.Tensor | None = None,
            cfg: SamplingConfig = SamplingConfig(), eos_id: int | None,
-           tokenizer: Decoder | None = None) -> Iterator[int]:
+           tokenizer: Decoder | None = None, decode: str = "dynamic") -> Iterator[int]:
     """Generate for one prompt, yielding each token id as soon as it is known to belong to the result.
 
     prompt_ids: the prompt's ids, or embeds: (1, L, dim) input embeddings. Stops like `generate`
     (and yields the same ids). Without stop strings every token is yielded the moment it is
     sampled; with them, tokens that might start a stop string wait until that is ruled out.
+    decode: as for `generate`.
     """
     if cfg.stop and tokenizer is None:
         raise ValueError("stream: stop strings need a tokenizer (anything with decode(ids))")
+    _check_decode("stream", decode)
     if embeds is not None:
         if embeds.dim() != 3 or embeds.shape[0] != 1:
             raise ValueError(f"stream: embeds must be (1, L, dim), got {tuple(embeds.shape)}")
         embeds = [embeds[0]]
     tokens, inputs, mask, history = _left_pad(
         model, None if prompt_ids is None else [list(prompt_ids)], embeds, pad_id=0)
-    return _stream(model, tokens, inputs, mask, history, cfg, eos_id, tokenizer)
+    return _stream(model, tokens, inputs, mask, history, cfg, eos_id, tokenizer, decode)
 
 
-def _stream(model, tokens, inputs, mask, history, cfg, eos_id, tokenizer) -> Iterator[int]:
+def _check_decode(who: str, decode: str) -> None:
+    if decode not in DECODES:
+        raise ValueError(f"{who}: decode must be one of {', '.join(DECODES)}, not {decode!r}")
+
+
+def _stream(model, tokens, inputs, mask, history, cfg, eos_id, tokenizer, decode) -> Iterator[int]:
     finished = torch.zeros(1, dtype=torch.bool, device=mask.device)
     scanner = StopScanner(tokenizer, cfg.stop) if cfg.stop else None
     out: list[int] = []
     emitted = 0
-    with contextlib.closing(_decode(model, tokens, inputs, mask, history, cfg, 0, finished)) as steps:
+    with contextlib.closing(_decode(model, tokens, inputs, mask, history, cfg, 0, finished, decode)) as steps:
         for next_ids in steps:
             tok = int(next_ids[0])
             if tok == eos_id:

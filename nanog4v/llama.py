@@ -87,8 +87,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache(nn.Module):
     """Keys and values of one attention layer, preallocated for `max_seq_len` positions.
 
-    A static buffer (not a growing list of tensors) keeps every decode step the same shape and
-    avoids reallocating: position p of row b lives at [b, :, p]. Keys are stored after RoPE.
+    A static buffer (not a growing list of tensors) avoids reallocating: position p of row b lives at
+    [b, :, p]. Keys are stored after RoPE. `update` (int start_pos) returns the positions written so
+    far, a new length every step; `write` (tensor position) returns the whole buffer, for a decode
+    step whose shapes never change (nanog4v/fast_decode.py).
     """
 
     def __init__(self, batch_size: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
@@ -108,6 +110,17 @@ class KVCache(nn.Module):
         self.k[:B, :, start_pos:end] = k
         self.v[:B, :, start_pos:end] = v
         return self.k[:B, :, :end], self.v[:B, :, :end]                 # 2 × (B, Hkv, end, d)
+
+    def write(self, cache_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """The static decode step's write (nanog4v/fast_decode.py): k, v (B, Hkv, 1, d) into column
+        cache_pos, a (1,) tensor, by `index_copy_`; returns the *whole* buffers (B, Hkv, max_seq_len, d),
+        the same shapes at every step (the caller's mask hides the columns not written yet)."""
+        if k.shape[0] != self.k.shape[0] or k.shape[2] != 1:
+            raise ValueError(f"KVCache.write: one new position for all {self.k.shape[0]} rows, "
+                             f"got {tuple(k.shape)}")
+        self.k.index_copy_(2, cache_pos, k)
+        self.v.index_copy_(2, cache_pos, v)
+        return self.k, self.v                                           # 2 × (B, Hkv, max_seq_len, d)
 
 
 class Attention(nn.Module):
@@ -130,12 +143,17 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, start_pos):
-        """x (B, L, D) → (B, L, D). `mask` (B, 1, L, S) bool (True = may attend) or None = causal."""
+        """x (B, L, D) → (B, L, D). `mask` (B, 1, L, S) bool (True = may attend) or None = causal.
+
+        start_pos: an int (prefill and the readable decode), or a (1,) tensor for the static decode step
+        of nanog4v/fast_decode.py, which attends over the whole cache under its `mask`."""
         q = rearrange(self.q_proj(x), "b l (h d) -> b h l d", d=self.head_dim)   # (B, H, L, d)
         k = rearrange(self.k_proj(x), "b l (h d) -> b h l d", d=self.head_dim)   # (B, Hkv, L, d)
         v = rearrange(self.v_proj(x), "b l (h d) -> b h l d", d=self.head_dim)   # (B, Hkv, L, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.cache is not None:
+        if self.cache is not None and isinstance(start_pos, torch.Tensor):   # the static decode step
+            k, v = self.cache.write(start_pos, k, v)                     # (B, Hkv, max_seq_len, d)
+        elif self.cache is not None:
             cached_k, cached_v = self.cache.update(start_pos, k, v)      # (B, Hkv, S, d), S = start_pos + L
             if start_pos > 0:  # a prefill (start 0) attends over its own contiguous k, v: same values, faster
                 k, v = cached_k, cached_v
