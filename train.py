@@ -20,6 +20,14 @@ Defaults come from the preset (`nanog4v/config.py`, `TrainConfig` per stage): `7
 settings (stage 1: lr 1e-4, 2 epochs; stage 2: lr 2e-5, 3 epochs). Every one can be overridden
 (--lr, --epochs, --batch-size = the global batch, --grad-accum, --warmup-steps, ...).
 
+**Over processes** (torchrun): --batch-size is the global batch and --grad-accum A splits it into A
+micro-batches, A/K per process, so K changes no micro-batch (nor, without dropout, a loss); without
+--grad-accum, A is the preset's rounded up to a multiple of K (`distributed.grad_accum_for`; a batch that
+does not split is an error before anything loads). Each process reads the frozen weights onto its own
+GPU; DDP holds only the trainable tensors. --num-workers processes decode videos for each (default: its
+share of the CPUs, at most 8; none for text or --features-dir); log.jsonl's `data_wait` is how long a
+step waited for data, `skipped` the micro-batches it skipped because none of their videos decoded.
+
 **Starting where the official code starts** (`--preset owl-video`): --init is mPLUG-Owl's released video
 checkpoint directory (ViT with temporal modules, abstractor and LLaMA-7B, already video-trained; read by
 `weights.load_mplug_owl`, tokenizer.model from the same folder) and stage 2 trains LoRA on it as the
@@ -76,7 +84,8 @@ from nanog4v.toy.worlddir import WorldError
 from nanog4v.toy.recipe import RecipeError
 from nanog4v.toy.stage0 import Stage0Error
 from nanog4v.plots import plot_losses
-from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, init_distributed, read_log
+from nanog4v.distributed import DistributedError, default_num_workers, grad_accum_for, init_distributed, world_size
+from nanog4v.trainer import LoopConfig, TrainError, checkpoint_blocks, fit, read_log
 from nanog4v.weights import CheckpointError, load_llama, load_mplug_owl, load_vision
 
 ROOT = Path(__file__).resolve().parent
@@ -132,7 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100, help="write last.pt every N steps (and at the end)")
     p.add_argument("--eval-n", type=int, default=64, help="AI turns scored at the end (0: no evaluation)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes decoding videos, per process "
+                   "(default: the CPUs per process, at most 8; 0 when there is nothing to decode)")
     p.add_argument("--strict", action="store_true", help="a malformed record is an error, not a skip")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     return p.parse_args(argv)
@@ -222,17 +232,20 @@ def stage_settings(args, cfg: G4VConfig, stage: int):
 
 # --- the model ---------------------------------------------------------------------------------------
 
-def build_model(cfg: G4VConfig, paths: dict, stage: int, dtype: torch.dtype, seed: int) -> GPT4Video:
+def build_model(cfg: G4VConfig, paths: dict, stage: int, dtype: torch.dtype, seed: int,
+                device: str = "cpu") -> GPT4Video:
     """Frozen ViT and LLaMA from their official layouts (their shapes win over the preset's), a fresh
     abstractor (seeded) or the one of --init (with its LoRA, if any), then `set_stage(stage)`.
-    The model is first built on the meta device, so no random 7B LLaMA is ever materialised.
+    The model is first built on the meta device, so no random 7B LLaMA is ever materialised, and the
+    frozen weights are read straight onto `device`, one tensor at a time (no host copy of the model).
     owl-video: the whole model is mPLUG-Owl's video checkpoint (--init)."""
     if cfg.name == "owl-video":
-        model = load_mplug_owl(paths["init"], dtype=dtype)
+        model = load_mplug_owl(paths["init"], dtype=dtype, device=device)
         model.cfg = replace(model.cfg, num_frames=cfg.num_frames, lora=cfg.lora, stage1=cfg.stage1, stage2=cfg.stage2)
         model.set_stage(stage)
         return model
-    vision, llm = load_vision(paths["vision"], dtype=dtype), load_llama(paths["llama"], dtype=dtype)
+    vision = load_vision(paths["vision"], dtype=dtype, device=device)
+    llm = load_llama(paths["llama"], dtype=dtype, device=device)
     init, lora = paths["init"], False
     if init is not None:                                   # the --init run's abstractor shape and frames win
         saved, lora = GPT4Video.read_config(init)
@@ -256,23 +269,25 @@ def train_stage(args) -> dict:
     """Train stage 1 or 2 as `args` say; returns {"model", "step", "total_steps", "loss", "eval"}."""
     stage, started = int(args.stage), time.time()
 
-    # 1. where: the device, the processes (torchrun), the inputs and the stage's settings
+    # 1. where: the device, the processes (torchrun) and how they share a step, the inputs, the settings
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
         raise TrainError(f"train.py: --device {device}: no such device here")
+    cfg = preset(args.preset, **({"num_frames": args.frames} if args.frames else {}))
+    if args.lora_r is not None:
+        cfg = replace(cfg, lora=replace(cfg.lora, r=args.lora_r))
+    tc = stage_settings(args, cfg, stage)
+    grad_accum = grad_accum_for(tc.batch_size, tc.grad_accum, world_size(), given=args.grad_accum is not None)
     world = init_distributed(device)
     if device == "cuda":
         device = f"cuda:{world.local_rank}"
     say = print if world.main and not args.quiet else (lambda *a, **k: None)
     paths = resolve_paths(args, stage)
-    cfg = preset(args.preset, **({"num_frames": args.frames} if args.frames else {}))
-    if args.lora_r is not None:
-        cfg = replace(cfg, lora=replace(cfg.lora, r=args.lora_r))
 
     # 2. the model: frozen ViT and LLaMA, the trainable abstractor (stage 1) or LoRA (stage 2); the tokenizer
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-    model = build_model(cfg, paths, stage, dtype, args.seed)
-    cfg, tc = model.cfg, stage_settings(args, model.cfg, stage)
+    model = build_model(cfg, paths, stage, dtype, args.seed, device)
+    cfg, tc = model.cfg, replace(stage_settings(args, model.cfg, stage), grad_accum=grad_accum)
     if args.frames and args.frames != cfg.num_frames:
         raise TrainError(f"{paths['init']}: was trained with {cfg.num_frames} frames, not --frames {args.frames}")
     tokenizer = Tokenizer(paths["tokenizer"])
@@ -289,9 +304,11 @@ def train_stage(args) -> dict:
                                loss_on=args.loss_on, max_seq_len=tc.max_seq_len)
     if len(data) == 0:
         raise TrainError(f"{paths['data'][0]}: no usable training examples ({data.skips})")
+    decodes = data.features_dir is None and any(item["videos"] for item in data.items)
+    workers = args.num_workers if args.num_workers is not None else default_num_workers(decodes, world)
     say(f"stage {stage}: {len(data)} examples ({data.skips}); {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
         f"trainable parameters; lr {tc.lr}, {tc.epochs} epochs, global batch {tc.batch_size} in {tc.grad_accum} "
-        f"micro-batch(es) over {world.world_size} process(es)")
+        f"micro-batch(es) over {world.world_size} process(es); {workers} data worker(s) per process")
 
     # 4. the loop (nanog4v/trainer.py): AdamW, warm-up + cosine, accumulation, last.pt, log.jsonl
     out = args.out or Path("runs") / f"{args.preset}-stage{stage}"
@@ -302,7 +319,7 @@ def train_stage(args) -> dict:
     loop = LoopConfig(out=out, lr=tc.lr, epochs=tc.epochs, batch_size=tc.batch_size, grad_accum=tc.grad_accum,
                       warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
                       seed=args.seed, max_steps=args.max_steps, save_every=args.save_every, device=device,
-                      bf16=device.startswith("cuda"), num_workers=args.num_workers, progress=not args.quiet,
+                      bf16=device.startswith("cuda"), num_workers=workers, progress=not args.quiet,
                       signature=signature,   # stage 1 with text-only examples: the abstractor may sit idle
                       find_unused_parameters=stage == 1 and any(not item["videos"] for item in data.items))
     try:
@@ -366,7 +383,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (TrainError, DataError, CheckpointError, TokenizerError, Stage0Error, WorldError, RecipeError) as e:
+    except (TrainError, DistributedError, DataError, CheckpointError, TokenizerError, Stage0Error, WorldError,
+            RecipeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ recipe for every model:
      `find_tensors`;
   3. rename each official key to ours with a plain table; check names, shapes and dtypes *before*
      reading any data, and raise one `CheckpointError` that lists every problem: `load_checkpoint`;
-  4. stream the tensors one at a time, straight into the requested dtype, and assign them.
+  4. stream the tensors one at a time, straight into the requested dtype and onto the requested device
+     (a GPU: one tensor at a time passes through host memory), and assign them.
 So a 7B checkpoint is never held twice, and a bad file never yields a half-initialised model. Writing
 (`write_checkpoint`) streams too, one tensor at a time, into a temp folder moved in when complete.
 
@@ -233,8 +234,9 @@ def _read_safetensors(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, to
 
 
 def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str], str | None],
-                    dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Strictly load the checkpoint at `path` into `module` (built on the meta device).
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> nn.Module:
+    """Strictly load the checkpoint at `path` into `module` (built on the meta device), its tensors in
+    `dtype` on `device`.
 
     `rename(official_key)` returns our parameter name, or None for a key that is deliberately
     ignored (e.g. `text_model.*` when loading only CLIP's vision tower). Every parameter and
@@ -279,7 +281,7 @@ def load_checkpoint(module: nn.Module, path: str | Path, rename: Callable[[str],
         ours_of = dict(pairs)
         try:
             for key, tensor in _read_tensors(file, ours_of):
-                _assign(module, ours_of[key], tensor.to(dtype).reshape(wanted[ours_of[key]].shape))
+                _assign(module, ours_of[key], tensor.to(device, dtype).reshape(wanted[ours_of[key]].shape))
         except CheckpointError:
             raise
         except Exception as e:  # truncated data, I/O errors

@@ -9,10 +9,14 @@
   the step number. Epoch e visits the examples in a permutation seeded by (seed, e); step s takes the
   next `batch_size` of them (the global batch; an incomplete last batch is dropped) and splits it into
   `grad_accum` micro-batches. With K processes (torchrun) rank r runs micro-batches r·A/K … (r+1)·A/K − 1,
-  so K processes see exactly the micro-batches one process would, and the global batch stays the same.
+  so K processes see exactly the micro-batches one process would, and the global batch stays the same
+  (`distributed.grad_accum_for` derives A from the batch and K). Each step first loads all of its
+  micro-batches, timing the wait (`data_wait` in the log).
 - **Loss and gradient.** Each micro-batch's loss is Eq. 5's mean over its trained tokens; the gradient
   of a step is the mean over its A micro-batches, (1/A) Σ_m ∇L_m. One process divides each backward by A;
-  under DDP each rank divides by A/K and DDP averages the K ranks: the same sum.
+  under DDP each rank divides by A/K and DDP averages the K ranks: the same sum. A micro-batch of which
+  no example loads is skipped, on every rank the whole round it belongs to (`distributed.agree`), and
+  the step's mean is over the R rounds that ran, (1/(R·K)) Σ; skips are counted in the log (`skipped`).
 - **Checkpoints** (`save_checkpoint`, `load_checkpoint`): one file `last.pt` — trainable tensors,
   AdamW state, schedule, RNG states of every rank (python, numpy, torch, cuda), the data position and
   the step — written to a temp file, fsync'ed and renamed over the old one, so a crash at any moment
@@ -22,9 +26,10 @@
   bit for bit (CPU; on CUDA as far as the kernels are deterministic).
 - **Memory and speed**: bf16 autocast on CUDA (trainable tensors stay fp32; LoRA adapters are fp32 by
   construction) and `checkpoint_blocks`, activation checkpointing over the LLaMA blocks.
-- **Distributed** (`init_distributed`, torchrun): DDP over NCCL (GPUs) or gloo (CPU). Each rank seeds its
-  RNG with seed + rank, so LoRA dropout differs per rank; with dropout 0 K processes follow the
-  one-process loss trajectory up to float summation order (tests/test_train.py).
+- **Distributed** (torchrun; nanog4v/distributed.py): DDP over the trainable tensors only, NCCL (GPUs) or
+  gloo (CPU), data loaded by worker processes. Each rank seeds its RNG with seed + rank, so LoRA dropout
+  differs per rank; with dropout 0 K processes follow the one-process loss trajectory up to float
+  summation order (tests/test_train.py).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from .data import collate
+from .distributed import Dist, agree, all_ranks, plan_loader, skip_note, wrap_ddp
 from .safetensors_io import state_problems
 
 
@@ -116,20 +122,6 @@ class BatchPlan:
         size = self.batch_size // self.grad_accum
         mine = range(self.rank * self.local_accum, (self.rank + 1) * self.local_accum)
         return [batch[m * size:(m + 1) * size] for m in mine]
-
-
-class PlanSampler:
-    """The plan's micro-batches for steps [first, last) in order: a `batch_sampler` for DataLoader."""
-
-    def __init__(self, plan: BatchPlan, first: int, last: int):
-        self.plan, self.first, self.last = plan, first, last
-
-    def __iter__(self):
-        for step in range(self.first, self.last):
-            yield from self.plan.micro_batches(step)
-
-    def __len__(self) -> int:
-        return (self.last - self.first) * self.plan.local_accum
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -245,34 +237,6 @@ def checkpoint_blocks(llm) -> None:
         block.forward = forward
 
 
-# --- distributed -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in a torchrun job (rank 0 of 1 without one)."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the torchrun process group (NCCL on GPUs, gloo on CPU) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_available():
-        raise TrainError("torch.distributed: not available in this build of torch")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_kind == "cuda":
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), world, local)
-
-
 # --- the loop --------------------------------------------------------------------------------------
 
 @dataclass
@@ -282,7 +246,7 @@ class LoopConfig:
     lr: float
     epochs: int
     batch_size: int
-    grad_accum: int = 1
+    grad_accum: int = 1                 # micro-batches per step, all processes together (a multiple of them)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -291,7 +255,7 @@ class LoopConfig:
     save_every: int = 100
     device: str = "cpu"
     bf16: bool = False                  # autocast to bfloat16 (CUDA)
-    num_workers: int = 0
+    num_workers: int = 0                # DataLoader worker processes per process (0: load in this one)
     progress: bool = True
     find_unused_parameters: bool = False   # DDP: some micro-batches leave trainable parameters unused
     signature: dict = field(default_factory=dict)   # settings a resume must repeat exactly
@@ -343,38 +307,39 @@ def save_state(ckpt: Path, step: int, model, optimizer, plan: BatchPlan, schedul
         dist.barrier()
 
 
-def accumulate(net, loader, plan: BatchPlan, cfg: LoopConfig, world: Dist) -> tuple[float, int]:
-    """Forward and backward over this rank's micro-batches of one step, gradients summed as (1/A) Σ ∇L_m.
-    Returns the step's mean loss and token count over all ranks."""
+def accumulate(net, loader, plan: BatchPlan, cfg: LoopConfig, world: Dist) -> dict:
+    """Load this rank's micro-batches of one step, agree with the other ranks on the rounds to skip, then
+    forward and backward over the rest, gradients summed as (1/(R·K)) Σ ∇L_m over the R·K that ran.
+    Returns the step's mean loss (NaN when nothing ran) and token count over all ranks, the micro-batches
+    skipped, the failed (K, L) table and the longest wait for data of any rank (s)."""
+    started = time.perf_counter()
+    batches = [next(loader) for _ in range(plan.local_accum)]                 # None: nothing of it loaded
+    rounds, failed, waited = agree(batches, time.perf_counter() - started, world, cfg.device)
     totals = torch.zeros(2, dtype=torch.float64)                              # Σ micro-batch losses, tokens
-    for m in range(plan.local_accum):
-        batch = next(loader)
-        if batch is None:                                                      # every example failed to load
-            if world.world_size > 1:
-                raise TrainError(f"{cfg.out}: no example of a micro-batch could be loaded")
-            continue                                                           # (counts as a zero gradient)
-        batch = {k: v.to(cfg.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        last = m == plan.local_accum - 1
-        with (nullcontext() if last or world.world_size == 1 else net.no_sync()), \
+    for m in rounds:
+        batch = {k: v.to(cfg.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batches[m].items()}
+        with (nullcontext() if m == rounds[-1] or world.world_size == 1 else net.no_sync()), \
                 (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()):
             # Right padding needs no attention mask: causal attention never lets a real token see the
             # padding after it, and padded positions carry no label (−100).
             _, loss = net(batch["input_ids"], batch["labels"], video_slots=batch["video_slots"],
                           videos=batch["videos"], features=batch["features"])
-        (loss / plan.local_accum).backward()                                   # DDP all-reduces on the last
+        (loss / len(rounds)).backward()                                        # DDP all-reduces on the last
         totals += torch.tensor([loss.item(), batch["attention_mask"].sum().item()], dtype=torch.float64)
-    if world.world_size > 1:
-        totals = totals.to(cfg.device)                                         # NCCL reduces GPU tensors
-        dist.all_reduce(totals)
-    return totals[0].item() / plan.grad_accum, int(totals[1].item())
+    totals = all_ranks(totals, world, cfg.device).sum(0)
+    ran = len(rounds) * world.world_size
+    return {"loss": totals[0].item() / ran if ran else math.nan, "tokens": int(totals[1].item()),
+            "skipped": plan.grad_accum - ran, "failed": failed, "data_wait": waited}
 
 
 def fit(model, dataset, pad_id: int, cfg: LoopConfig, world: Dist = Dist(), resume: bool = False) -> dict:
     """Train `model`'s trainable parameters on `dataset` (a ConversationDataset); see the module docstring.
 
     Writes cfg.out/log.jsonl (one line per optimiser step), cfg.out/last.pt (every `save_every` steps and
-    at the end). A non-finite loss or gradient stops with a TrainError, leaving last.pt as it was.
-    Returns {"step", "total_steps", "loss"}.
+    at the end). A non-finite loss or gradient stops with a TrainError, leaving last.pt as it was; a step
+    of which nothing could be loaded changes nothing (its loss is NaN). Returns {"step", "total_steps",
+    "loss", "skipped"} (skipped: micro-batches of this run).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -395,37 +360,39 @@ def fit(model, dataset, pad_id: int, cfg: LoopConfig, world: Dist = Dist(), resu
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         if world.main:
             log.unlink(missing_ok=True)
-    net = model if world.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[world.local_rank] if cfg.device.startswith("cuda") else None,
-        find_unused_parameters=cfg.find_unused_parameters)
-    loader = iter(torch.utils.data.DataLoader(                               # its own generator: creating
-        dataset, batch_sampler=PlanSampler(plan, step, stop), num_workers=cfg.num_workers,  # the iterator
-        collate_fn=functools.partial(collate, pad_id=pad_id),                # must not draw from the global
-        generator=torch.Generator().manual_seed(cfg.seed + step)))           # RNG that dropout replays
+    net = wrap_ddp(model, world, cfg.device, cfg.find_unused_parameters)       # DDP holds the trainable tensors
+    loader = plan_loader(dataset, plan, step, stop, functools.partial(collate, pad_id=pad_id), cfg.num_workers,
+                         cfg.seed, pin_memory=cfg.device.startswith("cuda"))
     bar = tqdm(total=stop, initial=step, desc="train", disable=not (cfg.progress and world.main), dynamic_ncols=True)
-    started, seen_tokens, loss = time.time(), 0, float("nan")
+    started, seen_tokens, loss, skipped = time.time(), 0, float("nan"), 0
     model.train()
     while step < stop:
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+        lr, step_started = lr_at(step, cfg.lr, cfg.warmup_steps, total), time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, tokens = accumulate(net, loader, plan, cfg, world)
+        out = accumulate(net, loader, plan, cfg, world)
+        loss = out["loss"]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        if out["skipped"] < plan.grad_accum and not (math.isfinite(loss) and math.isfinite(grad_norm)):
             bar.close()
             kept = f"{ckpt} (step {load_checkpoint(ckpt)['step']})" if ckpt.exists() else "none written yet"
             raise TrainError(f"{cfg.out}: loss {loss}, gradient norm {grad_norm} at step {step + 1}; stopped. "
                              f"Last good checkpoint: {kept}. Try a lower --lr or --grad-clip")
-        optimizer.step()
+        optimizer.step()                                                       # no gradient at all: no change
         optimizer.zero_grad(set_to_none=True)
-        step, seen_tokens, elapsed = step + 1, seen_tokens + tokens, time.time() - started
+        step, seen_tokens, elapsed = step + 1, seen_tokens + out["tokens"], time.time() - started
+        skipped += out["skipped"]
+        if out["skipped"] and world.main:
+            bar.write(skip_note(step, out["failed"]), file=sys.stderr)
         if world.main:
             with log.open("a") as f:
                 f.write(json.dumps({"step": step, "epoch": plan.position(step - 1)[0], "loss": loss, "lr": lr,
-                                    "grad_norm": grad_norm, "tokens": tokens, "elapsed_s": round(elapsed, 3)}) + "\n")
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+                                    "grad_norm": grad_norm, "tokens": out["tokens"], "skipped": out["skipped"],
+                                    "data_wait": round(out["data_wait"], 4), "elapsed_s": round(elapsed, 3)}) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}",
+                        data_wait=f"{out['data_wait'] / max(time.time() - step_started, 1e-9):.0%}", refresh=False)
         bar.update(1)
         if step % cfg.save_every == 0 or step == stop:
             save_state(ckpt, step, model, optimizer, plan, schedule, cfg.signature, world)
     bar.close()
-    return {"step": step, "total_steps": total, "loss": loss}
+    return {"step": step, "total_steps": total, "loss": loss, "skipped": skipped}

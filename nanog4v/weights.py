@@ -54,10 +54,11 @@ def rename_clip_vision(key: str) -> str | None:
     return CLIP_VISION_KEYS.get(name, key)     # an unknown key comes back as is: "unexpected"
 
 
-def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None) -> nn.Module:
+def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None,
+                device: torch.device | str = "cpu") -> nn.Module:
     """CLIP's vision tower from a CLIPModel or CLIPVisionModel checkpoint (a directory, a .safetensors
-    file or a PyTorch .bin) as a `VisionTransformer` in eval mode. Sizes come from `config.json` (its
-    `vision_config` for a full CLIP model) unless a `VisionConfig` is passed as `cfg`."""
+    file or a PyTorch .bin) as a `VisionTransformer` in eval mode, its weights on `device`. Sizes come from
+    `config.json` (its `vision_config` for a full CLIP model) unless a `VisionConfig` is passed as `cfg`."""
     from .config import VisionConfig
     from .vision import VisionTransformer
     if cfg is None:
@@ -74,7 +75,7 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None) 
             model = VisionTransformer(cfg)
     except ValueError as e:                                    # e.g. an unknown hidden_act
         raise CheckpointError(f"{path}: {e}") from None
-    return load_checkpoint(model, path, rename_clip_vision, dtype)
+    return load_checkpoint(model, path, rename_clip_vision, dtype, device)
 
 
 def save_vision(model: nn.Module, path, dtype: torch.dtype | None = None) -> Path:
@@ -147,9 +148,9 @@ def llama_config_to_hf(cfg, dtype: torch.dtype) -> dict:
                 rope_parameters={"rope_type": "default", "rope_theta": theta}, torch_dtype=name, dtype=name)
 
 
-def load_llama(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> nn.Module:
     """A HF LLaMA directory (config.json + model.safetensors, or shards + index; or the same as PyTorch
-    `.bin` files) as `LLaMA` in eval mode."""
+    `.bin` files) as `LLaMA` in eval mode, its weights on `device`."""
     from .llama import LLaMA
     if (hf := read_config(path)) is None:
         raise CheckpointError(f"{path}: no config.json (expected a Hugging Face LLaMA directory)")
@@ -160,7 +161,7 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Modul
         del model.lm_head.weight                  # not in the file: re-tied to embed_tokens below
     # ignored: RoPE's inv_freq table (saved by old exports), a tied checkpoint's copy of the embedding
     skip = lambda key: key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and cfg.tie_embeddings)
-    load_checkpoint(model, path, lambda key: None if skip(key) else key.removeprefix("model."), dtype)
+    load_checkpoint(model, path, lambda key: None if skip(key) else key.removeprefix("model."), dtype, device)
     model.tie_weights()
     return model.eval()
 
@@ -304,12 +305,13 @@ def rename_mplug_owl(key: str) -> str | None:
     return key                                   # unknown: comes back as is, and is "unexpected"
 
 
-def load_mplug_owl(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_mplug_owl(path: str | Path, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> nn.Module:
     """mPLUG-Owl's video checkpoint (a directory: config.json + pytorch_model.bin or safetensors, sharded or
     not) as a `GPT4Video` of the `owl-video` preset in eval mode: `encode_video(pixels (B, T, 3, S, S))` gives
     its N + 1 video tokens (B, N + 1, d_llm), `.llm(tokens)` its LLaMA's logits. ViT and LLaMA in `dtype`;
-    the abstractor in float32, as GPT4Video keeps its trainable parts. Every key is checked before any data
-    is read, then the tensors are streamed in one at a time."""
+    the abstractor in float32, as GPT4Video keeps its trainable parts; all of it on `device`. Every key is
+    checked before any data is read, then the tensors are streamed in one at a time."""
     from .model import GPT4Video
     if (hf := read_config(path)) is None:
         raise CheckpointError(f"{path}: no config.json (expected an mPLUG-Owl checkpoint directory)")
@@ -319,7 +321,7 @@ def load_mplug_owl(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.M
     if cfg.llama.tie_embeddings:
         del model.llm.lm_head.weight             # re-tied to embed_tokens below, as load_llama does
     skip = lambda key: key == "language_model.lm_head.weight" and cfg.llama.tie_embeddings
-    load_checkpoint(model, path, lambda key: None if skip(key) else rename_mplug_owl(key), dtype)
+    load_checkpoint(model, path, lambda key: None if skip(key) else rename_mplug_owl(key), dtype, device)
     model.llm.tie_weights()
     model.abstractor.float()
     return model.requires_grad_(False).eval()

@@ -1,5 +1,6 @@
 """python -m nanog4v.features: the cached F_v is exactly the frozen ViT's output on the frames the pixel path
-samples; re-runs skip what is cached; a broken video is counted, not fatal; clashing names are an error.
+samples; re-runs skip what is cached; a broken video is counted, not fatal; clashing names are an error;
+torchrun shares the clips out over its processes.
 (That training on the cache gives the losses of training on pixels is in test_train.py.)"""
 import json
 import shutil
@@ -15,6 +16,7 @@ from nanog4v.features import cache_features, main
 from nanog4v.video import sample_frames, write_video
 from nanog4v.vision import preprocess
 from nanog4v.weights import load_vision
+from test_train import torchrun                      # two gloo processes, bounded by a timeout
 
 CFG = preset("test")
 
@@ -88,3 +90,28 @@ def test_missing_inputs_are_one_line_errors(world, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such file or directory\n"
     assert cli(world, tmp_path, "--data", str(tmp_path / "none.jsonl")) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'none.jsonl'}: no such file\n"
+
+
+def test_two_processes_share_the_clips_out_and_write_the_serial_features(world, tmp_path, one_thread):
+    """torchrun: rank 0 takes a.mp4 and broken.mp4, rank 1 b.mp4 (every 2nd clip), each decoding in its own
+    worker; the files are the serial run's bit for bit (one video per ViT forward and one thread in both), the
+    counts summed."""
+    assert cli(world, tmp_path / "serial", "--batch-size", "1", "--num-workers", "0") == 0
+    argv = ["--vision", world / "vit", "--data", world / "data.jsonl", "--out", tmp_path / "shared", "--preset", "test",
+            "--batch-size", "1", "--device", "cpu"]
+    done = torchrun("-m", "nanog4v.features", *argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{tmp_path / 'shared'}: 2 written, 0 already cached, 1 failed (2 frames per video)\n" in done.stdout
+    assert done.stdout.count("written") == 1 and done.stderr.count("broken.mp4") == 1, done.stdout
+    assert sorted(f.name for f in (tmp_path / "shared").iterdir()) == ["a.safetensors", "b.safetensors"]
+    for name in ("a", "b"):
+        serial, shared = (load_file(str(tmp_path / d / f"{name}.safetensors")) for d in ("serial", "shared"))
+        assert torch.equal(serial["features"], shared["features"]), name
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--frames", "-1"), ("--num-workers", "-2")])
+def test_a_bad_number_flag_is_one_line(world, tmp_path, capsys, flag, value):
+    assert cli(world, tmp_path, flag, value) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag}: must be a finite number >= {int(flag != '--num-workers')}, not {value}\n"
+    assert not tmp_path.joinpath("a.safetensors").exists()

@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -223,10 +222,23 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
 
 # --- equivalences ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def torchrun(*argv, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone` (it finds a free port itself) on two CPU processes; a hang
+    fails the test after `timeout` s. torch 2.13's gloo now and then aborts a process while the interpreter
+    shuts down — after destroy_process_group has returned on every rank, all work done — with TEARDOWN_ABORT
+    (seen in ~3 % of runs on a loaded 2-core machine, with or without this repository's code); such a run is
+    run once more."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, argv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for attempt in range(2):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        if done.returncode == 0 or TEARDOWN_ABORT not in done.stderr or "[rank" in done.stderr:
+            return done
+    return done
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed/gloo missing")
@@ -236,11 +248,7 @@ def test_two_gloo_processes_follow_the_one_process_trajectory(world, tmp_path, s
     Same micro-batches, so at most the order of float additions differs: losses agree to 1e-5."""
     common = ("--epochs", "3", "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-2")
     run(world, tmp_path / "one", stage, *common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", str(ROOT / "train.py"),
-           *args(world, tmp_path / "two", stage, *common), "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    done = torchrun(ROOT / "train.py", *args(world, tmp_path / "two", stage, *common), "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = log_of(tmp_path / "one"), log_of(tmp_path / "two")
     assert [r["tokens"] for r in one] == [r["tokens"] for r in two]
