@@ -268,12 +268,12 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
 
 
-def video_pixels(path, cfg: G4VConfig) -> torch.Tensor:
-    """A video file as the ViT's input (T, 3, S, S), the way `cfg.frames` says: "clip" (segment centres,
-    CLIP's resize and centre crop) or "mplug-owl" (mPLUG-Owl's frame indices, squashed to S×S)."""
-    owl = cfg.frames == "mplug-owl"
-    frames = sample_frames(path, cfg.num_frames, by_index=mplug_owl_frame_indices if owl else None)
-    return preprocess(frames, cfg.vision.image_size, keep_aspect=not owl)     # (T, 3, S, S)
+def video_pixels(path, num_frames: int, size: int, frames: str = "clip") -> torch.Tensor:
+    """A video file as the ViT's input (T, 3, S, S), the way `frames` (`G4VConfig.frames`) says: "clip"
+    (segment centres, CLIP's resize and centre crop) or "mplug-owl" (its frame indices, squashed to S×S)."""
+    owl = frames == "mplug-owl"
+    picked = sample_frames(path, num_frames, by_index=mplug_owl_frame_indices if owl else None)
+    return preprocess(picked, size, keep_aspect=not owl)                   # (T, 3, S, S)
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         cfg = self.cfg
         if self.features_dir is None:
             try:
-                return video_pixels(path, cfg)                                # (T, 3, S, S)
+                return video_pixels(path, cfg.num_frames, cfg.vision.image_size, cfg.frames)  # (T, 3, S, S)
             except VideoError as e:
                 raise DataError(str(e), "video does not decode") from None
         file = feature_file(self.features_dir, video)

@@ -8,7 +8,7 @@ in every epoch. Decoding the clip and running ViT-L/14 on T frames costs far mor
 that learns on top, so we compute F_v once, store it (`data.save_features`: one safetensors file per
 video, named by the video's stem, in the ViT's dtype) and train with `train.py --features-dir DIR`,
 which feeds the abstractor from these files. The frames are sampled and preprocessed exactly as the
-pixel path does (`video.sample_frames`, `vision.preprocess`), so the loss is the same either way.
+pixel path does (`data.video_pixels`), so the loss is the same either way.
 
 Videos already cached are skipped (the command can be re-run after an interruption, or with more
 data files); `--force` recomputes them. A video that does not decode is skipped and counted; the
@@ -29,12 +29,11 @@ from tqdm.auto import tqdm
 
 from .cli import number_flag_problem
 from .config import PRESETS, preset
-from .data import DataError, feature_file, save_features
+from .data import DataError, feature_file, save_features, video_pixels
 from .distributed import DistributedError, all_ranks, default_num_workers, init_distributed, shard
 from .readers import read_records
 from .trainer import TrainError
-from .video import VideoError, sample_frames
-from .vision import preprocess
+from .video import VideoError
 from .weights import CheckpointError, load_vision
 
 
@@ -53,29 +52,31 @@ def unique_videos(records: list[dict]) -> list[str]:
 class Clips(torch.utils.data.Dataset):
     """Clip i as the ViT's input: (its path, pixels (T, 3, S, S)), or (its path, why it does not decode)."""
 
-    def __init__(self, videos: list[str], num_frames: int, size: int):
-        self.videos, self.num_frames, self.size = videos, num_frames, size
+    def __init__(self, videos: list[str], num_frames: int, size: int, frames: str = "clip"):
+        self.videos, self.num_frames, self.size, self.frames = videos, num_frames, size, frames
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | str]:
         try:
-            return self.videos[i], preprocess(sample_frames(self.videos[i], self.num_frames), self.size)
+            return self.videos[i], video_pixels(self.videos[i], self.num_frames, self.size, self.frames)
         except VideoError as e:
             return self.videos[i], str(e)
 
 
 @torch.inference_mode()
 def cache_features(vision, videos: list[str], out: Path, num_frames: int, *, batch_size: int = 8,
-                   device="cpu", force: bool = False, progress: bool = True, num_workers: int = 0) -> dict:
+                   device="cpu", force: bool = False, progress: bool = True, num_workers: int = 0,
+                   frames: str = "clip") -> dict:
     """Run `vision` on T frames of every video and save F_v (T, 1+P, D); `num_workers` processes decode
-    the clips (0: this one). Returns counts {"written", "cached", "failed"}."""
+    the clips (0: this one); `frames`: how they are sampled (`G4VConfig.frames`). Returns counts
+    {"written", "cached", "failed"}."""
     todo = [v for v in videos if force or not feature_file(out, v).is_file()]
     counts = {"written": 0, "cached": len(videos) - len(todo), "failed": 0}
     bar = tqdm(total=len(todo), desc="features", disable=not progress, dynamic_ncols=True)
-    clips = torch.utils.data.DataLoader(Clips(todo, num_frames, vision.cfg.image_size), batch_size=batch_size,
-                                        num_workers=num_workers, collate_fn=list)
+    clips = torch.utils.data.DataLoader(Clips(todo, num_frames, vision.cfg.image_size, frames),
+                                        batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     for batch in clips:                                                      # [(path, pixels or the problem)]
         names, pixels = [v for v, x in batch if torch.is_tensor(x)], [x for _, x in batch if torch.is_tensor(x)]
         for problem in [x for _, x in batch if isinstance(x, str)]:
@@ -83,9 +84,9 @@ def cache_features(vision, videos: list[str], out: Path, num_frames: int, *, bat
             if counts["failed"] <= 5:
                 print(f"skipped {problem}", file=sys.stderr)
         if pixels:
-            frames = rearrange(torch.stack(pixels), "b t c h w -> (b t) c h w")    # (B*T, 3, S, S)
+            images = rearrange(torch.stack(pixels), "b t c h w -> (b t) c h w")    # (B*T, 3, S, S)
             dtype = next(vision.parameters()).dtype
-            features = vision(frames.to(device, dtype), num_frames=num_frames)     # (B*T, 1+P, D)
+            features = vision(images.to(device, dtype), num_frames=num_frames)     # (B*T, 1+P, D)
             features = rearrange(features, "(b t) p d -> b t p d", t=num_frames)      # (B, T, 1+P, D)
             for v, f in zip(names, features):
                 save_features(out, v, f)
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         workers = args.num_workers if args.num_workers is not None else default_num_workers(True, world)
         counts = cache_features(vision, shard(unique_videos(records), world), args.out, frames,
                                 batch_size=args.batch_size, device=device, force=args.force, progress=not quiet,
-                                num_workers=workers)
+                                num_workers=workers, frames=preset(args.preset).frames)
         counts = dict(zip(counts, all_ranks(torch.tensor(list(counts.values())), world, device).sum(0).long().tolist()))
     except (TrainError, DistributedError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

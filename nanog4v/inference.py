@@ -23,7 +23,8 @@ def video_tokens(model, videos: list[str], features_dir=None, device="cpu") -> t
     if features_dir is not None and all(feature_file(features_dir, v).is_file() for v in videos):
         feats = torch.stack([load_file(str(feature_file(features_dir, v)))["features"] for v in videos])
         return model.abstractor(feats.to(device).float())                    # (V, N, d)
-    pixels = torch.stack([video_pixels(v, cfg) for v in videos])             # (V, T, 3, S, S)
+    pixels = torch.stack([video_pixels(v, cfg.num_frames, cfg.vision.image_size, cfg.frames)
+                          for v in videos])                                  # (V, T, 3, S, S)
     return model.encode_video(pixels.to(device))                             # (V, N, d)
 
 

@@ -257,7 +257,7 @@ def test_video_pixels_pick_those_frames_and_squash_them(tmp_path):
     path = write_video(tmp_path / "clip.mp4", frames, fps=10)
     from nanog4v.config import preset
     cfg = preset("owl-video")
-    pixels = video_pixels(path, cfg)                                        # (T, 3, 224, 224)
+    pixels = video_pixels(path, cfg.num_frames, cfg.vision.image_size, cfg.frames)   # (T, 3, 224, 224)
     assert pixels.shape == (4, 3, 224, 224)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1)
