@@ -10,7 +10,7 @@ the seed-0 world). Rendered by the toy world's own renderer at 128 px, 24 frames
 from pathlib import Path
 
 from nanog4v.toy.world import Scene, Thing, caption, render
-from nanog4v.video import write_video
+from nanog4v.video_out import write_video
 
 SCENE = Scene((Thing("circle", "red", "large", "left", "moves right"),
                Thing("square", "yellow", "small", "right", "grows")), "navy")

@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nanog4v.video import contact_sheet, sample_frames_and_times
+from nanog4v.video import sample_frames_and_times
+from nanog4v.video_out import contact_sheet
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -7,7 +7,7 @@ swapped without retraining (the "gallery"). Here every generator has one small i
     generate(prompt: str, num_frames: int, seed: int | None) -> uint8 (T, H, W, 3) RGB frames
     fps: float                                     (how fast the frames are meant to be played)
 
-and `save(generator, prompt, path, ...)` writes the result as an H.264 mp4 with `video.write_video`
+and `save(generator, prompt, path, ...)` writes the result as an H.264 mp4 with `video_out.write_video`
 (atomic: a failure leaves no half-written file). A generator is picked by name from a *gallery*,
 `load_generator(kind, path, gallery=...)`: a dict from names to loaders `(path, device, **options) ->
 generator`. `GALLERY` holds the one this module provides; the toy world adds its own renderer
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import write_video
+from .video_out import write_video
 
 
 class T2VError(Exception):

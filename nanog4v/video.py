@@ -28,14 +28,14 @@ scaled while they are converted to RGB (swscale, area averaging), so their longe
 `max_side` (1024 unless asked otherwise: CLIP looks at 224) and never is a full-size RGB copy held;
 a frame within the bound comes back exactly as decoded.
 
-Also here: `write_video` (H.264 mp4, atomic) and a contact sheet for people:
+The other direction — frames out to an mp4, and a contact sheet for people — is `video_out.py`; this
+module's command line draws one:
 
     python -m nanog4v.video CLIP --frames 8 --out sheet.png
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -44,8 +44,10 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
+from .video_out import contact_sheet
+
 __all__ = ["MAX_PIXELS", "MAX_SIDE", "VideoError", "sample_frames", "sample_frames_and_times", "sample_frame_indices",
-           "display_transform", "write_video", "contact_sheet"]
+           "mplug_owl_frame_indices", "display_transform"]
 
 
 MAX_PIXELS = 8192 * 4320  # the largest frame decoded at all (DCI 8K); larger videos are refused
@@ -367,64 +369,6 @@ def sample_frames(path, num_frames: int, *, max_side: int | None = MAX_SIDE,
     container, stream = _open(path, max_pixels)                 # checks the file and its header first
     container.close()
     return np.stack(_sample_by_index(path, num_frames, max_pixels, _Converter(max_side), by_index)[0])
-
-
-def write_video(path, frames: np.ndarray, fps: float) -> Path:
-    """Write uint8 frames (T, H, W, 3) RGB as an H.264 mp4 (libx264, yuv420p) and return its path.
-
-    yuv420p halves the chroma resolution, so odd widths/heights are padded to even by repeating the
-    last row/column. The file is written next to `path` under a temporary name and renamed into
-    place, so a failure never leaves a half-written video behind.
-    """
-    path = Path(path)
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
-    if not fps > 0:
-        raise ValueError(f"{path}: fps must be positive, got {fps}")
-    t, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # (T, H', W', 3) even
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
-    try:
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            stream.thread_count = 1  # x264's threads make the bytes depend on machine load; one keeps files reproducible
-            stream.codec_context.options = {"x264-params": "mbtree=0"}  # its macroblock tree reads memory it never
-            # wrote on clips shorter than its look-ahead: the bytes then varied from process to process
-            for image in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())  # flush the encoder's delayed frames
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-# --------------------------------------------------------------------------- contact sheet
-
-def contact_sheet(frames: np.ndarray, times: list[float], out, title: str = "", columns: int = 4) -> Path:
-    """Save the frames in a grid (at most `columns` per row), each titled with its timestamp.
-
-    A bare matplotlib Figure renders with the Agg canvas and leaves pyplot's global backend alone.
-    """
-    from matplotlib.figure import Figure
-
-    cols = min(len(frames), columns)
-    rows = -(-len(frames) // cols)
-    h, w = frames.shape[1:3]
-    fig = Figure(figsize=(3 * cols, rows * (3 * h / w + 0.4) + 0.4))  # inches; room for titles
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, t in zip(axes.flat, frames, times):
-        ax.imshow(image)
-        ax.set_title(f"t = {t:.2f} s", fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return Path(out)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from nanog4v.data import SYSTEM
 from nanog4v.llama import LLaMA
 from nanog4v.model import GPT4Video
 from nanog4v.toy.world import Scene, Thing, render as render_scene
-from nanog4v.video import write_video
+from nanog4v.video_out import write_video
 from nanog4v.weights import save_llama
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from nanog4v.toy.datasets import is_refusal
 from nanog4v.toy.generator import ToyGenerator
 from nanog4v.toy.hazard import StripeDetector, hazard_prompt
 from nanog4v.toy.world import Scene, Thing, heldout_pairs, parse_caption, render as render_scene
-from nanog4v.video import sample_frames, write_video
+from nanog4v.video import sample_frames
+from nanog4v.video_out import write_video
 from nanog4v.weights import CheckpointError
 
 NANO = ROOT / "weights" / "nano"

@@ -20,7 +20,7 @@ from nanog4v.data import (AI, IGNORE, SYSTEM, ConversationDataset, DataError, Sk
                           prompt_for_reply, render, save_features)
 from nanog4v.readers import read_dialogues, read_jsonl, read_safety, read_videochat
 from nanog4v.tokenizer import Tokenizer
-from nanog4v.video import write_video
+from nanog4v.video_out import write_video
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 N = 4   # video tokens per slot in these tests

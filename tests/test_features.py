@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from nanog4v.config import preset
 from nanog4v.data import feature_file
 from nanog4v.features import cache_features, main
-from nanog4v.video import sample_frames, write_video
+from nanog4v.video import sample_frames
+from nanog4v.video_out import write_video
 from nanog4v.vision import preprocess
 from nanog4v.weights import load_vision
 from test_train import torchrun                      # two gloo processes, bounded by a timeout

@@ -27,7 +27,8 @@ from conftest import ROOT
 from nanog4v.data import GPT4VIDEO, video_pixels
 from nanog4v.mplug_owl import TEMPLATE, clean_reply, prompt_for_reply
 from nanog4v.safetensors_io import CheckpointError
-from nanog4v.video import mplug_owl_frame_indices, write_video
+from nanog4v.video import mplug_owl_frame_indices
+from nanog4v.video_out import write_video
 from nanog4v.weights import load_mplug_owl, mplug_owl_abstractor_mlp
 
 D, LAYERS, HEADS, S, PATCH = 32, 2, 2, 28, 14          # ViT: 2×2 patches of 14 px, 5 tokens a frame

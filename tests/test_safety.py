@@ -13,7 +13,7 @@ from nanog4v.toy.datasets import is_refusal
 from nanog4v.toy.hazard import StripeDetector, hazard_prompt, render_frames, toy_hazard_checker
 from nanog4v.toy.phrases import HARMFUL, NEAR_ASK, NEAR_SHOW, PHRASINGS
 from nanog4v.toy.world import Scene, Thing, render, sample_scene
-from nanog4v.video import write_video
+from nanog4v.video_out import write_video
 
 
 # --- input text: the lexicon ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 from conftest import ROOT, shared_asset
 from nanog4v import video
 from nanog4v.video import VideoError, display_transform, sample_frame_indices, sample_frames, \
-    sample_frames_and_times, write_video
+    sample_frames_and_times
+from nanog4v.video_out import contact_sheet, write_video
 
 W, H, BITS = 64, 48, 10
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -395,9 +396,9 @@ def test_cli_writes_a_contact_sheet(clips, tmp_path, capsys):
 def test_contact_sheet_puts_columns_frames_in_a_row(tmp_path):
     from matplotlib.image import imread
     frames = np.zeros((8, 16, 16, 3), np.uint8)
-    one_row = video.contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "row.png", columns=8)
+    one_row = contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "row.png", columns=8)
     assert imread(one_row).shape[:2] == (380, 2400)          # 8 × 3 in wide, one row of 3.4 in + 0.4 in, 100 dpi
-    grid = video.contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "grid.png")
+    grid = contact_sheet(frames, [0.5 * i for i in range(8)], tmp_path / "grid.png")
     assert imread(grid).shape[:2] == (720, 1200)             # the default: 4 per row, two rows
 
 

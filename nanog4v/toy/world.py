@@ -30,7 +30,7 @@ and shapes still seen in training) and, in phrases.py, some phrasings of every i
 
 Rendering is numpy only, 2× supersampled, deterministic (a pure function of the scene); a clip's frame
 i shows time t = (i + ½)/T, so motion is centred on the named position. Clips are written as H.264 with
-`video.write_video` so that training reads them through the real decoding path. The data sets
+`video_out.write_video` so that training reads them through the real decoding path. The data sets
 made from a world are in datasets.py, the directory they are written to in worlddir.py.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from ..data import SYSTEM
-from ..video import write_video
+from ..video_out import write_video
 from .datasets import label_names, safety_record, scene_labels, stage1_records, stage2_record, video_safety_record
 from .phrases import CHAT, PHRASINGS, REFUSAL_MARKERS
 from .world import (BACKGROUNDS, COLOURS, HAZARD, HAZARD_COLOUR, MOTIONS, POSITIONS, SHAPES, SIZES, caption,
