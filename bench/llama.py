@@ -9,9 +9,19 @@ torch thread count, same process, runs interleaved (ours, theirs, ours, ...) so 
 hits both alike; each number is the median of --repeats runs after one warm-up.
 
   decode  tokens/s = new tokens / wall time of generating them greedily from a short prompt
-          (transformers: do_sample=False, min_new_tokens = max_new_tokens, so both emit every token)
+          (transformers: do_sample=False, min_new_tokens = max_new_tokens, so both emit every token);
+          % of limit = (bytes of every weight but the embedding table / read bandwidth) / seconds per
+          token: a batch-1 step must stream all of them once, so 100 % is the memory's limit. The read
+          bandwidth (1 GiB fp32 x.sum(), best of 5) is measured in the same run, before and after each
+          dtype's decode rows; the higher of the two is used (it varies by ±30 % on a shared VM).
   prefill tokens/s = prompt tokens / wall time of generate(max_new_tokens=1) on a long prompt
-Targets: decode ≥ 1.5×, prefill ≥ 1.0× transformers.
+Targets: decode ≥ 1.5× transformers and ≥ 70 % of the limit, prefill ≥ 1.0× transformers.
+
+The first line says where it ran: torch.backends.cpu.get_cpu_capability() (AVX512, AVX2, ...), the CPU,
+and the ISA-limiting variables if set — `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2` makes an AVX-512 machine run PyTorch's, oneDNN's and MKL's AVX2 code (an
+emulated AVX2 machine: its kernels, this machine's memory). The last table is what nanog4v.cpu_linear
+chose for each kind of matmul on this machine.
 
 On a CPU shared with other work, use `--threads 1` (or fewer threads than idle cores): an OpenMP
 team whose threads get descheduled makes every small op wait, and both sides' numbers become noise.
@@ -19,6 +29,7 @@ team whose threads get descheduled makes every small op wait, and both sides' nu
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llama7b import read_bandwidth  # noqa: E402  (bench/llama7b.py's helper)
+from nanog4v import cpu_linear  # noqa: E402
 from nanog4v.generate import SamplingConfig, generate  # noqa: E402
 from nanog4v.weights import load_llama  # noqa: E402
 
@@ -37,6 +50,24 @@ FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_k
 QUICK = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128, vocab_size=512)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def where_it_runs(device: str) -> str:
+    """The CPU capability PyTorch dispatches to, the CPU's name and any ISA-limiting variables set."""
+    if device != "cpu":
+        return f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else device})"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    limits = " ".join(f"{k}={os.environ[k]}" for k in ISA_VARIABLES if k in os.environ)
+    return (f"get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}, CPU {names[0] if names else '?'}"
+            f" × {os.cpu_count()}" + (f", emulated by {limits}" if limits else ""))
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step streams: every parameter but the embedding table (only one row of it is read)."""
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
 
 def make_checkpoint(shape: dict, folder: Path) -> Path:
@@ -97,12 +128,18 @@ def bench_dtype(folder: Path, dtype: torch.dtype, args) -> tuple[list[tuple], bo
     same = a[:upto] == b[:upto]
 
     n = args.new_tokens
+    bw_before = read_bandwidth(args.device)[0]
     decode = median_rates({"ours": lambda: ours_gen(short, n), "transformers": lambda: theirs_gen(short, n)},
                           n, args.repeats, args.device)
+    bandwidth = max(bw_before, read_bandwidth(args.device)[0])
+    limit = weight_bytes(ours) / bandwidth                       # seconds per token at the memory's limit
+    share = {name: limit * rate for name, rate in decode.items()}  # = limit / (seconds per token)
     prefill = median_rates({"ours": lambda: ours_gen(long, 1), "transformers": lambda: theirs_gen(long, 1)},
                            args.prompt_len, args.repeats, args.device)
-    rows = [("decode", f"{n} new tokens, {args.decode_prompt}-token prompt", decode, 1.5),
-            ("prefill", f"{args.prompt_len}-token prompt", prefill, 1.0)]
+    rows = [("decode", f"{n} new tokens, {args.decode_prompt}-token prompt", decode, 1.5,
+             f"{share['ours']:.0%} / {share['transformers']:.0%} of {limit * 1e3:.2f} ms "
+             f"({weight_bytes(ours) / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s)"),
+            ("prefill", f"{args.prompt_len}-token prompt", prefill, 1.0, "")]
     return rows, same
 
 
@@ -128,17 +165,24 @@ def main(argv=None) -> None:
     shape = QUICK if args.quick else FULL
     folder = make_checkpoint(shape, args.scratch / ("llama-quick" if args.quick else "llama-134m"))
     n_params = sum(p.numel() for p in load_llama(folder).parameters())
-    print(f"LLaMA {shape} = {n_params / 1e6:.1f}M parameters; device {args.device}, "
-          f"{args.threads} torch threads, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"median of {args.repeats}\n")
-    print("| dtype | phase | setting | ours tok/s | transformers tok/s | ratio | target | same greedy tokens |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print(f"{time.strftime('%Y-%m-%d')}; {where_it_runs(args.device)}; LLaMA {shape} = {n_params / 1e6:.1f}M "
+          f"parameters; {args.threads} torch threads, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}; median of {args.repeats}\n")
+    print("| dtype | phase | setting | ours tok/s | transformers tok/s | ratio | target | "
+          "bandwidth limit: ours / transformers | same greedy tokens |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
     for name in args.dtypes.split(","):
         rows, same = bench_dtype(folder, DTYPES[name], args)
-        for phase, setting, rate, target in rows:
+        for phase, setting, rate, target, share in rows:
             ratio = rate["ours"] / rate["transformers"]
             print(f"| {name} | {phase} | {setting} | {rate['ours']:.1f} | {rate['transformers']:.1f} | "
-                  f"{ratio:.2f}× | ≥ {target}× | {'yes' if same else 'no'} |", flush=True)
+                  f"{ratio:.2f}× | ≥ {target}× | {share} | {'yes' if same else 'no'} |", flush=True)
+    print("\nnanog4v.cpu_linear's choices on this machine (best µs per row of each candidate's trials):\n")
+    print("| rows | W shape | dtype | kernel | candidates |")
+    print("| --- | --- | --- | --- | --- |")
+    for c in cpu_linear.choices():
+        times = ", ".join(f"{k} {v:g}" for k, v in c["us_per_row"].items())
+        print(f"| {c['rows']} | {c['shape'][0]}×{c['shape'][1]} | {c['dtype']} | {c['kernel']} | {times} |")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class LoRALinear(nn.Module):
     The adapter is stored in float32 when the base is float16/bfloat16 (as peft does by default):
     small learning-rate updates would vanish in bf16. Its input is cast to the adapter's dtype and
     its output back to the base's. The frozen matmul W x goes through `cpu_linear.linear`, so decoding
-    with an unmerged adapter keeps the fast one-row CPU kernel.
+    with an unmerged adapter keeps the CPU kernel chosen for this machine.
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):

@@ -19,8 +19,8 @@ from nanog4v.fast_decode import CACHE_BLOCK, StaticStep, compile_problem, compil
 from nanog4v.generate import SamplingConfig, generate, stream
 from nanog4v.llama import LLaMA
 
-# the `test` preset (dim 64, 2 layers, 4 heads / 2 kv heads) with 8192 tokens, so that the LM head's 2¹⁹
-# weights take cpu_linear's oneDNN kernel in eager one-row decoding, as a real model's matrices do
+# the `test` preset (dim 64, 2 layers, 4 heads / 2 kv heads) with 8192 tokens, so that the LM head (2¹⁹
+# weights) is a matrix on which cpu_linear's chooser may pick oneDNN in eager decoding, as on a real model
 CFG = dataclasses.replace(preset("test").llama, vocab_size=8192)
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12, 13, 14, 15, 16, 17]]
 N = 24                                          # new tokens: 23 decode steps after the prefill

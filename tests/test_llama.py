@@ -3,13 +3,10 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from nanog4v import safetensors_io
 from nanog4v.config import LlamaConfig
-from nanog4v import cpu_linear
-from nanog4v.cpu_linear import linear
 from nanog4v.llama import LLaMA, apply_rope, rope_cos_sin
 from nanog4v.weights import CheckpointError, load_llama, save_llama
 
@@ -281,35 +278,3 @@ def test_rope_scores_depend_only_on_relative_position():
     assert len({round(score(7, n), 3) for n in range(8)}) == 8            # but it does depend on m − n
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_row_linear_equals_f_linear(dtype):
-    """cpu_linear.linear: the batch-1 decoding kernels give F.linear's values; with autograd it is F.linear."""
-    torch.manual_seed(0)
-    w, b = torch.randn(6000, 96, dtype=dtype), torch.randn(6000, dtype=dtype)  # ≥ ONEDNN_MIN_WEIGHT
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for x in (torch.randn(1, 1, 96, dtype=dtype), torch.randn(96, dtype=dtype), torch.randn(3, 96, dtype=dtype)):
-        with torch.inference_mode():
-            for bias in (None, b):
-                got, ref = linear(x, w, bias), F.linear(x, w, bias)
-                assert got.shape == ref.shape and got.dtype == ref.dtype
-                assert ((got - ref).abs().max() / ref.abs().max()).item() <= tol
-    x = torch.randn(1, 96, requires_grad=True)                   # training: a differentiable F.linear
-    linear(x, w.float(), b.float()).sum().backward()
-    assert torch.allclose(x.grad, w.float().sum(0), atol=1e-3) and torch.backends.mkldnn.enabled
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_plain_linear_switch_is_f_linear_bit_for_bit(dtype, monkeypatch):
-    """cpu_linear.ENABLED = False: `linear` is F.linear itself, bit for bit, and never calls the oneDNN op."""
-    w = torch.randn(6000, 96, dtype=dtype)                      # ≥ ONEDNN_MIN_WEIGHT: oneDNN's path if on
-    x, b = torch.randn(1, 96, dtype=dtype), torch.randn(6000, dtype=dtype)
-    calls = []
-    onednn_op = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a) or onednn_op(*a))
-    with torch.no_grad():
-        linear(x, w, b)                                         # the spy sees the fast path when it is on
-        assert bool(calls) == (dtype == torch.float32 and cpu_linear.ONEDNN_LINEAR)
-        calls.clear()
-        monkeypatch.setattr(cpu_linear, "ENABLED", False)
-        got = linear(x, w, b)
-    assert not calls and torch.equal(got, F.linear(x, w, b))

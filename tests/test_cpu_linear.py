@@ -1,0 +1,185 @@
+"""nanog4v.cpu_linear: every kernel the chooser can pick gives F.linear's values (forced, so each runs on
+any machine); the chooser serves real calls as trials and keeps the fastest; one-query attention = SDPA."""
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanog4v import cpu_linear
+from nanog4v.config import LlamaConfig
+from nanog4v.generate import SamplingConfig, generate
+from nanog4v.llama import LLaMA, one_query_attention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}   # max |Δ| / max |y|
+SHAPES = [(1, 1, 96), (96,), (3, 96), (2, 70, 96)]                       # one row, a vector, few, many
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "FORCE", None)
+    monkeypatch.setattr(cpu_linear, "ENABLED", True)
+    cpu_linear.reset()
+    yield
+    cpu_linear.reset()
+
+
+def cases():
+    for name in cpu_linear.KERNELS:
+        for dtype in TOL:
+            x, w = torch.ones(1, dtype=dtype), torch.ones(1, 1, dtype=dtype)
+            if cpu_linear.applicable(name, x, w):
+                yield name, dtype
+
+
+@pytest.mark.parametrize("name,dtype", list(cases()))
+def test_every_kernel_gives_f_linears_values(name, dtype, monkeypatch):
+    """Forced: each kernel, on every input layout, with and without bias, = F.linear in fp32 up to
+    summation order and one rounding; same shape, dtype, contiguous; oneDNN switched back on after."""
+    monkeypatch.setattr(cpu_linear, "FORCE", name)
+    monkeypatch.setattr(cpu_linear, "UPCAST_BLOCK", 96 * 7)      # upcast: 7 rows of W a block, 300 = 42·7 + 6
+    torch.manual_seed(0)
+    w, b = torch.randn(300, 96).to(dtype), torch.randn(300).to(dtype)
+    calls = []
+    kernel = cpu_linear.KERNELS[name]
+    monkeypatch.setitem(cpu_linear.KERNELS, name, lambda *a: calls.append(1) or kernel(*a))
+    for shape in SHAPES:
+        x = torch.randn(shape).to(dtype)
+        for bias in (None, b):
+            with torch.inference_mode():
+                got = cpu_linear.linear(x, w, bias)
+            ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+            assert got.shape == ref.shape and got.dtype == dtype and got.is_contiguous()
+            assert ((got.float() - ref).abs().max() / ref.abs().max()).item() <= TOL[dtype]
+    assert len(calls) == 2 * len(SHAPES) and torch.backends.mkldnn.enabled
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_upcast_rounds_the_fp32_product_once(dtype):
+    """upcast = the fp32 product rounded once to the dtype (within that rounding: |Δ| ≤ eps · |y|), for
+    every block of W, the last shorter one included, whatever the block size."""
+    torch.manual_seed(1)
+    x, w, b = torch.randn(5, 64).to(dtype), torch.randn(1000, 64).to(dtype), torch.randn(1000).to(dtype)
+    ref = F.linear(x.float(), w.float()) + b.float()                     # (5, 1000) fp32
+    bound = torch.finfo(dtype).eps * ref.abs() + 1e-5
+    for block in (64 * 3, 64 * 1000, 1 << 22):
+        cpu_linear.UPCAST_BLOCK, saved = block, cpu_linear.UPCAST_BLOCK
+        try:
+            got = cpu_linear.KERNELS["upcast"](x, w, b)
+        finally:
+            cpu_linear.UPCAST_BLOCK = saved
+        assert got.dtype == dtype and bool(((got.float() - ref).abs() <= bound).all())
+
+
+def test_forced_kernel_that_does_not_apply_is_plain_and_bad_names_are_refused(monkeypatch):
+    x, w = torch.randn(1, 96, dtype=torch.bfloat16), torch.randn(300, 96, dtype=torch.bfloat16)
+    monkeypatch.setattr(cpu_linear, "FORCE", "onednn")                # fp32 only
+    with torch.no_grad():
+        assert torch.equal(cpu_linear.linear(x, w), F.linear(x, w))
+        monkeypatch.setattr(cpu_linear, "FORCE", "fastest")
+        with pytest.raises(ValueError, match="NANOG4V_LINEAR_KERNEL.*'fastest'"):
+            cpu_linear.linear(x, w)
+
+
+def test_plain_switch_and_training_are_f_linear_bit_for_bit(monkeypatch):
+    """ENABLED = False, autograd, or a tensor off the CPU's inference path: F.linear itself, no trials."""
+    torch.manual_seed(0)
+    w, b = torch.randn(300, 96), torch.randn(300)
+    x = torch.randn(1, 96, requires_grad=True)
+    y = cpu_linear.linear(x, w, b)                                   # training: differentiable F.linear
+    y.sum().backward()
+    assert torch.equal(y, F.linear(x, w, b)) and torch.allclose(x.grad, w.sum(0))
+    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    with torch.no_grad():
+        assert torch.equal(cpu_linear.linear(x, w, b), F.linear(x, w, b))
+    assert cpu_linear.choices() == [] and cpu_linear.pending() == 0
+
+
+def slowed(monkeypatch, delays: dict[str, float]) -> list[str]:
+    """Make kernels slower by fixed delays (s); returns the log of which kernel served each call."""
+    served = []
+    for name, delay in delays.items():
+        kernel = cpu_linear.KERNELS[name]
+
+        def run(*args, _kernel=kernel, _name=name, _delay=delay):
+            served.append(_name)
+            time.sleep(_delay)
+            return _kernel(*args)
+        monkeypatch.setitem(cpu_linear.KERNELS, name, run)
+    return served
+
+
+@pytest.mark.parametrize("slow,expect", [("plain", "onednn"), ("onednn", "plain")])
+def test_chooser_serves_real_calls_as_trials_then_keeps_the_fastest(slow, expect, monkeypatch):
+    """fp32: plain and onednn take turns on the first 2 × ROUNDS calls of a kind; the fastest serves the
+    rest; each call's result is F.linear's whoever served it; another kind (more rows) is tried anew."""
+    served = slowed(monkeypatch, {"plain": 0.0, "onednn": 0.0, slow: 0.02})
+    torch.manual_seed(0)
+    w = torch.randn(300, 96)
+    n = 2 * cpu_linear.ROUNDS
+    with torch.inference_mode():
+        for _ in range(n + 3):
+            x = torch.randn(1, 1, 96)
+            assert torch.allclose(cpu_linear.linear(x, w), F.linear(x, w), atol=1e-5)
+        cpu_linear.linear(torch.randn(70, 96), w)                    # rows class "more": a new trial
+    assert sorted(served[:n]) == sorted(["plain", "onednn"] * cpu_linear.ROUNDS)
+    assert served[n:n + 3] == [expect] * 3 and served[n + 3] == "plain"
+    (choice,) = cpu_linear.choices()
+    assert choice["kernel"] == expect and choice["rows"] == 1 and choice["shape"] == (300, 96)
+    assert choice["us_per_row"][slow] > 2e4 > choice["us_per_row"][expect]
+
+
+def test_a_tie_keeps_plain(monkeypatch):
+    """upcast 5 % faster than plain (under MARGIN): plain keeps the job."""
+    slowed(monkeypatch, {"plain": 0.021, "upcast": 0.020})
+    w = torch.randn(64, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for _ in range(2 * cpu_linear.ROUNDS):
+            cpu_linear.linear(torch.randn(70, 32, dtype=torch.bfloat16), w)
+    assert [c["kernel"] for c in cpu_linear.choices()] == ["plain"]
+
+
+def test_row_classes():
+    assert [cpu_linear.row_class(r) for r in (1, 2, 8, 9, 64, 65, 4096)] == [1, 8, 8, 64, 64, "more", "more"]
+    x16, w16 = torch.ones(1, 4, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16)
+    assert cpu_linear.candidates(x16, w16) == ["plain", "gemv"]
+    assert "upcast" in cpu_linear.candidates(x16.expand(5, 4), w16)
+    assert "gemv" not in cpu_linear.candidates(x16.float(), w16.float())
+
+
+def test_greedy_tokens_equal_the_plain_path_in_fp32(monkeypatch):
+    """A LLaMA decoding with the chooser, or with oneDNN forced everywhere, emits the plain path's tokens."""
+    torch.manual_seed(0)
+    model = LLaMA(LlamaConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=256,
+                              vocab_size=512, max_seq_len=128)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
+
+    def tokens():
+        return generate(model, prompts, cfg=SamplingConfig(max_new_tokens=24), eos_id=None)
+    monkeypatch.setattr(cpu_linear, "ENABLED", False)
+    plain = tokens()
+    monkeypatch.setattr(cpu_linear, "ENABLED", True)
+    assert tokens() == plain and cpu_linear.choices()                  # the chooser, trials included
+    monkeypatch.setattr(cpu_linear, "FORCE", "onednn")
+    assert tokens() == plain
+
+
+@pytest.mark.parametrize("n_kv_heads", [8, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_sdpa(n_kv_heads, dtype):
+    """The decode step's attention for bf16 on the CPU = SDPA's, with GQA and a padding mask."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 8, 1, 16).to(dtype)
+    k, v = torch.randn(2, 2, n_kv_heads, 10, 16).to(dtype).unbind(0)
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., :4] = False                                            # row 1: four padded keys
+    for m in (None, mask):
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m,
+                                             enable_gqa=n_kv_heads != 8)
+        got = one_query_attention(q, k, v, m)
+        assert got.shape == ref.shape and got.dtype == dtype
+        assert (got.float() - ref).abs().max().item() <= (1e-6 if dtype == torch.float32 else 2e-2)
+    v_pad = v.clone()
+    v_pad[1, :, :4] = 1e4                                               # masked keys' values must not leak
+    assert (one_query_attention(q, k, v_pad, mask)[1] - one_query_attention(q, k, v, mask)[1]).abs().max() == 0
