@@ -13,7 +13,9 @@ hits both alike; each number is the median of --repeats runs after one warm-up.
           % of limit = (bytes of every weight but the embedding table / read bandwidth) / seconds per
           token: a batch-1 step must stream all of them once, so 100 % is the memory's limit. The read
           bandwidth (1 GiB fp32 x.sum(), best of 5) is measured in the same run, before and after each
-          dtype's decode rows; the higher of the two is used (it varies by ±30 % on a shared VM).
+          dtype's decode rows, and the higher of the two is used (the conservative figure: it drifts by
+          ±30 % within minutes on a shared VM); "round by round" samples it after every timed round and
+          sets each run against its own round's bandwidth (median).
   prefill tokens/s = prompt tokens / wall time of generate(max_new_tokens=1) on a long prompt
 Targets: decode ≥ 1.5× transformers and ≥ 70 % of the limit, prefill ≥ 1.0× transformers.
 
@@ -92,15 +94,25 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def median_rates(runs: dict, tokens: int, repeats: int, device: str) -> dict:
-    """tokens/s (median over `repeats`) of each zero-argument callable in `runs`, interleaved."""
+def median_rates(runs: dict, tokens: int, repeats: int, device: str, step_bytes: int = 0) -> dict:
+    """tokens/s (median over `repeats`) of each zero-argument callable in `runs`, interleaved. With
+    `step_bytes` (decode), also each one's share of the bandwidth limit round by round: the read bandwidth
+    is sampled after every round (0.5 GiB x.sum()), each run is set against its own round's (median)."""
     for fn in runs.values():                                    # warm-up
         fn()
     times = {name: [] for name in runs}
+    bandwidths = []
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(timed(fn, device))
-    return {name: tokens / statistics.median(t) for name, t in times.items()}
+        if step_bytes:
+            bandwidths.append(read_bandwidth(device, nbytes=2**29, repeats=1)[0])
+    rates = {name: tokens / statistics.median(t) for name, t in times.items()}
+    if step_bytes:
+        rates["share"] = {name: statistics.median(step_bytes / bw / (s / tokens) for bw, s in zip(bandwidths, t))
+                          for name, t in times.items()}
+        rates["bandwidths"] = bandwidths
+    return rates
 
 
 def bench_dtype(folder: Path, dtype: torch.dtype, args) -> tuple[list[tuple], bool]:
@@ -128,17 +140,20 @@ def bench_dtype(folder: Path, dtype: torch.dtype, args) -> tuple[list[tuple], bo
     same = a[:upto] == b[:upto]
 
     n = args.new_tokens
+    step_bytes = weight_bytes(ours)
     bw_before = read_bandwidth(args.device)[0]
     decode = median_rates({"ours": lambda: ours_gen(short, n), "transformers": lambda: theirs_gen(short, n)},
-                          n, args.repeats, args.device)
+                          n, args.repeats, args.device, step_bytes)
     bandwidth = max(bw_before, read_bandwidth(args.device)[0])
-    limit = weight_bytes(ours) / bandwidth                       # seconds per token at the memory's limit
-    share = {name: limit * rate for name, rate in decode.items()}  # = limit / (seconds per token)
+    limit = step_bytes / bandwidth                               # seconds per token at the memory's limit
+    share, sampled = decode.pop("share"), decode.pop("bandwidths")
     prefill = median_rates({"ours": lambda: ours_gen(long, 1), "transformers": lambda: theirs_gen(long, 1)},
                            args.prompt_len, args.repeats, args.device)
     rows = [("decode", f"{n} new tokens, {args.decode_prompt}-token prompt", decode, 1.5,
-             f"{share['ours']:.0%} / {share['transformers']:.0%} of {limit * 1e3:.2f} ms "
-             f"({weight_bytes(ours) / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s)"),
+             f"{limit * decode['ours']:.0%} / {limit * decode['transformers']:.0%} of {limit * 1e3:.2f} ms "
+             f"({step_bytes / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s, the higher of before / after); "
+             f"round by round: {share['ours']:.0%} / {share['transformers']:.0%} (sampled "
+             f"{min(sampled) / 1e9:.0f}–{max(sampled) / 1e9:.0f} GB/s)"),
             ("prefill", f"{args.prompt_len}-token prompt", prefill, 1.0, "")]
     return rows, same
 

@@ -170,19 +170,22 @@ def time_to_first_token(model, n_tokens: int, seed: int, device: str) -> float:
     return seconds
 
 
-def decode_step_seconds(model, prompt: torch.Tensor, n_new: int, device: str) -> tuple[list[float], list[int]]:
-    """Seconds of each greedy decode step with the KV cache (after a prefill and one warm-up step)."""
+def decode_step_seconds(model, prompt: torch.Tensor, n_new: int, device: str
+                        ) -> tuple[list[float], list[float], list[int]]:
+    """Seconds of each greedy decode step with the KV cache (after a prefill and one warm-up step), and the
+    read bandwidth sampled right after each step (0.5 GiB x.sum()): the same minute's memory, step by step."""
     model.setup_cache(1, prompt.shape[1] + n_new + 1)
     tok = model(prompt, last_only=True).argmax(-1)                       # (1, 1)
-    out, times = [tok.item()], []
+    out, times, bandwidths = [tok.item()], [], []
     for i in range(n_new):
         sync(device)
         t0 = time.perf_counter()
         tok = model(tok, start_pos=prompt.shape[1] + i).argmax(-1)       # (1, 1)
         out.append(tok.item())                                           # .item() waits for the step
         times.append(time.perf_counter() - t0)
+        bandwidths.append(read_bandwidth(device, nbytes=2**29, repeats=1)[0])
     model.clear_cache()
-    return times[1:], out
+    return times[1:], bandwidths[1:], out
 
 
 def prefill_rows(model, n_tokens: int, device: str) -> list[tuple[str, str]]:
@@ -205,14 +208,18 @@ def prefill_rows(model, n_tokens: int, device: str) -> list[tuple[str, str]]:
 
 def decode_rows(model, prompt: torch.Tensor, n_new: int, device: str
                 ) -> tuple[list[tuple[str, str]], float, list[int]]:
-    """Decode ms/token against the bandwidth limit, the bandwidth measured right before and right after.
-    Returns the table rows, the median seconds per step and the greedy tokens."""
+    """Decode ms/token against the bandwidth limit. The read bandwidth of a shared VM drifts (35–66 GB/s
+    within minutes here), so it is measured twice: right before and right after the decode (the limit
+    from the higher: the conservative figure), and sampled after every step (each step against the
+    bandwidth of its own moment; the median of those ratios). Returns the rows, the median s/step and
+    the greedy tokens."""
     step_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "embed_tokens.weight")
     read_before, copy_before = read_bandwidth(device)
-    times, tokens = decode_step_seconds(model, prompt, n_new, device)
+    times, sampled, tokens = decode_step_seconds(model, prompt, n_new, device)
     read_after, copy_after = read_bandwidth(device)
     read_bw = max(read_before, read_after)
     limit_s, ours_s = step_bytes / read_bw, statistics.median(times)
+    per_step = statistics.median(step_bytes / bw / t for bw, t in zip(sampled, times))
     rows = [
         ("decode: bytes read per token (all weights but the embedding table)", f"{step_bytes / GB:.2f} GB"),
         ("read bandwidth (x.sum(), 1 GiB fp32, best of 5): right before / right after the decode",
@@ -223,7 +230,11 @@ def decode_rows(model, prompt: torch.Tensor, n_new: int, device: str
         (f"ours: batch-1 greedy decode (KV cache), median of {len(times)} steps",
          f"{ours_s * 1e3:.1f} ms/token ({1 / ours_s:.2f} tok/s; steps {min(times) * 1e3:.1f}–"
          f"{max(times) * 1e3:.1f} ms; weights stream at {step_bytes / ours_s / GB:.1f} GB/s)"),
-        ("ours: % of the bandwidth limit", f"**{100 * limit_s / ours_s:.0f}%** (target ≥ 70%)"),
+        ("ours: % of the bandwidth limit (the higher of before / after)", f"**{100 * limit_s / ours_s:.0f}%** "
+         "(target ≥ 70%)"),
+        ("ours: % of the limit step by step (bandwidth sampled after each step: "
+         f"{min(sampled) / GB:.1f}–{max(sampled) / GB:.1f} GB/s, median {statistics.median(sampled) / GB:.1f})",
+         f"**{100 * per_step:.0f}%** (median of the steps' ratios)"),
     ]
     return rows, ours_s, tokens
 

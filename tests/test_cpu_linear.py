@@ -96,16 +96,17 @@ def test_plain_switch_and_training_are_f_linear_bit_for_bit(monkeypatch):
     assert cpu_linear.choices() == [] and cpu_linear.pending() == 0
 
 
-def slowed(monkeypatch, delays: dict[str, float]) -> list[str]:
-    """Make kernels slower by fixed delays (s); returns the log of which kernel served each call."""
+def slowed(monkeypatch, delays: dict) -> list[str]:
+    """Make kernels slower by fixed delays (s): delays[name], or delays[name, W's shape]; returns the log of
+    which kernel served each call."""
     served = []
-    for name, delay in delays.items():
+    for name in {k if isinstance(k, str) else k[0] for k in delays}:
         kernel = cpu_linear.KERNELS[name]
 
-        def run(*args, _kernel=kernel, _name=name, _delay=delay):
+        def run(x, w, b, _kernel=kernel, _name=name):
             served.append(_name)
-            time.sleep(_delay)
-            return _kernel(*args)
+            time.sleep(delays.get((_name, tuple(w.shape)), delays.get(_name, 0.0)))
+            return _kernel(x, w, b)
         monkeypatch.setitem(cpu_linear.KERNELS, name, run)
     return served
 
@@ -130,14 +131,29 @@ def test_chooser_serves_real_calls_as_trials_then_keeps_the_fastest(slow, expect
     assert choice["us_per_row"][slow] > 2e4 > choice["us_per_row"][expect]
 
 
-def test_a_tie_keeps_plain(monkeypatch):
-    """upcast 5 % faster than plain (under MARGIN): plain keeps the job."""
-    slowed(monkeypatch, {"plain": 0.021, "upcast": 0.020})
-    w = torch.randn(64, 32, dtype=torch.bfloat16)
+def test_ties_go_to_the_familys_kernel(monkeypatch):
+    """One-row fp32 family: the big matrix is clearly faster on onednn, so the small one, whose onednn is
+    5 % slower than plain (a tie), takes onednn too; in a family led by plain, a tie takes plain."""
+    big, small, odd = (400, 96), (50, 96), (60, 96)
+    slowed(monkeypatch, {("plain", big): 0.03, ("onednn", big): 0.01,
+                         ("plain", small): 0.020, ("onednn", small): 0.021,
+                         ("plain", odd): 0.020, ("onednn", odd): 0.0195, "gemv": 0.0, "upcast": 0.0})
     with torch.inference_mode():
-        for _ in range(2 * cpu_linear.ROUNDS):
-            cpu_linear.linear(torch.randn(70, 32, dtype=torch.bfloat16), w)
-    assert [c["kernel"] for c in cpu_linear.choices()] == ["plain"]
+        for shape in (small, big, odd):                                  # the small one is decided first
+            w = torch.randn(shape)
+            for _ in range(2 * cpu_linear.ROUNDS):
+                cpu_linear.linear(torch.randn(1, 96), w)
+    picked = {c["shape"]: c["kernel"] for c in cpu_linear.choices()}
+    assert picked == {small: "onednn", big: "onednn", odd: "onednn"}
+    cpu_linear.reset()                                                   # now a family led by plain
+    slowed(monkeypatch, {("plain", big): 0.01, ("onednn", big): 0.03, ("plain", odd): 0.020,
+                         ("onednn", odd): 0.0195})
+    with torch.inference_mode():
+        for shape in (big, odd):
+            w = torch.randn(shape)
+            for _ in range(2 * cpu_linear.ROUNDS):
+                cpu_linear.linear(torch.randn(1, 96), w)
+    assert {c["shape"]: c["kernel"] for c in cpu_linear.choices()} == {big: "plain", odd: "plain"}
 
 
 def test_row_classes():
