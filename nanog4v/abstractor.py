@@ -43,6 +43,7 @@ class that `cfg.variant` names; `cfg.num_output_tokens` says how many tokens it 
 
 If the ViT width differs from D, one linear map (`frame_proj`) brings the frame tokens to D first;
 at the paper's sizes (1024 = 1024) it is the identity, and the layer is mPLUG-Owl's exactly.
+Every matrix is a `cpu_linear.Linear` (an `nn.Linear` whose CPU inference takes the fastest kernel).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import AbstractorConfig
+from .cpu_linear import Linear
 
 # norm1 / normk / norm2 are plain nn.LayerNorm in mPLUG-Owl (eps 1e-5); only ffn_ln uses cfg.norm_eps (1e-6)
 QK_NORM_EPS = 1e-5
@@ -62,10 +64,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, eps: float):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden)
-        self.w3 = nn.Linear(dim, hidden)
+        self.w1 = Linear(dim, hidden)
+        self.w3 = Linear(dim, hidden)
         self.ffn_ln = nn.LayerNorm(hidden, eps=eps)
-        self.w2 = nn.Linear(hidden, dim)
+        self.w2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(self.ffn_ln(F.silu(self.w1(x)) * self.w3(x)))  # (B, N, hidden) -> (B, N, D)
@@ -82,9 +84,9 @@ class CrossAttentionLayer(nn.Module):
         self.n_heads = cfg.n_heads
         self.norm1 = nn.LayerNorm(d, eps=QK_NORM_EPS)   # on the queries
         self.normk = nn.LayerNorm(d, eps=QK_NORM_EPS)   # on the frame tokens
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.query, self.key, self.value = Linear(d, d), Linear(d, d), Linear(d, d)
         self.attn_dropout = nn.Dropout(cfg.attn_dropout)
-        self.out_proj = nn.Linear(d, d)
+        self.out_proj = Linear(d, d)
         self.norm2 = nn.LayerNorm(d, eps=QK_NORM_EPS)
         self.mlp = SwiGLU(d, cfg.mlp_dim, cfg.norm_eps)
 
@@ -136,13 +138,13 @@ class VideoAbstractor(nn.Module):
             raise ValueError(f"abstractor.py: streams must be 'both', 'spatial' or 'temporal' with variant "
                              f"'paper' (see build_abstractor), got {cfg.streams!r} with {cfg.variant!r}")
         self.cfg, self.vision_dim, self.num_frames = cfg, vision_dim, num_frames
-        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
+        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else Linear(vision_dim, cfg.dim)
         if cfg.streams != "spatial":
             self.temporal_embed = nn.Parameter(torch.randn(num_frames, cfg.dim) * 0.02)  # E_t: (T, D)
             self.temporal = QueryStream(cfg, cfg.num_queries)            # Eq. 3: Q_t
         if cfg.streams != "temporal":
             self.spatial = QueryStream(cfg, cfg.num_queries)             # Eq. 2: Q_s
-        self.proj = nn.Linear(cfg.dim, llm_dim)                          # W, b
+        self.proj = Linear(cfg.dim, llm_dim)                          # W, b
 
     @property
     def num_output_tokens(self) -> int:
@@ -199,12 +201,12 @@ class OfficialAbstractor(nn.Module):
             raise ValueError(f"abstractor.py: streams must be 'both' with variant 'official' (see "
                              f"build_abstractor), got {cfg.streams!r} with {cfg.variant!r}")
         self.cfg, self.vision_dim = cfg, vision_dim                      # num_frames: unused, any T works
-        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else nn.Linear(vision_dim, cfg.dim)
+        self.frame_proj = nn.Identity() if vision_dim == cfg.dim else Linear(vision_dim, cfg.dim)
         self.query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)           # Q_s: (N, D)
         self.temporal_query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)  # Q_t: (N, D)
         self.layers = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(cfg.n_layers))
-        self.proj = nn.Linear(cfg.dim, llm_dim)                          # mPLUG-Owl `visual_fc`
-        self.temporal_proj = nn.Linear(cfg.dim, llm_dim)                 # mPLUG-Owl `temporal_visual_fc`
+        self.proj = Linear(cfg.dim, llm_dim)                          # mPLUG-Owl `visual_fc`
+        self.temporal_proj = Linear(cfg.dim, llm_dim)                 # mPLUG-Owl `temporal_visual_fc`
         self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)          # mPLUG-Owl `vit_eos`
 
     @property
