@@ -123,24 +123,6 @@ class KVCache(nn.Module):
         return self.k, self.v                                           # 2 × (B, Hkv, max_seq_len, d)
 
 
-def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q Kᵀ / √d + M) V for one query position (a decoding step), scores and softmax in fp32.
-
-    The same attention as SDPA, written as two batched matmuls: on the CPU, SDPA's kernel is built for
-    many queries, and for one bf16 query it costs 3–5× more (32 heads × 128, 400 keys: 1.4 ms against
-    0.32 ms, measured on AVX-512 and AVX2 alike; in fp32 SDPA is the faster and is kept).
-    q (B, H, 1, d); k, v (B, Hkv, S, d); mask (B, 1, 1, S) bool or None (every key visible).
-    """
-    B, H, _, d = q.shape
-    Hkv = k.shape[1]
-    q = q.reshape(B, Hkv, H // Hkv, d)                                 # query heads grouped by kv head
-    scores = (q @ k.transpose(-1, -2)).float() * d ** -0.5              # (B, Hkv, H/Hkv, S)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))               # mask broadcasts over heads
-    return (scores.softmax(-1).to(v.dtype) @ v).reshape(B, H, 1, d)     # (B, H, 1, d)
-
-
 class Attention(nn.Module):
     """Multi-head causal self-attention with RoPE and grouped-query attention (GQA).
 
@@ -175,13 +157,10 @@ class Attention(nn.Module):
             cached_k, cached_v = self.cache.update(start_pos, k, v)      # (B, Hkv, S, d), S = start_pos + L
             if start_pos > 0:  # a prefill (start 0) attends over its own contiguous k, v: same values, faster
                 k, v = cached_k, cached_v
-        if q.shape[2] == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) \
-                and not torch.compiler.is_compiling():
-            out = one_query_attention(q, k, v, mask)                     # (B, H, 1, d)
-        else:  # mask None: a chunk that starts at 0 is plain causal; a single new token sees every key
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                 is_causal=mask is None and q.shape[2] > 1,
-                                                 enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, L, d)
+        # mask None: a chunk that starts at 0 is plain causal; a single new token sees every key.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             is_causal=mask is None and q.shape[2] > 1,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, L, d)
         return self.o_proj(rearrange(out, "b h l d -> b l (h d)"))       # (B, L, D)
 
 
@@ -322,5 +301,5 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["LLaMA", "RMSNorm", "rope_cos_sin", "rotate_half", "apply_rope", "KVCache", "one_query_attention",
-           "Attention", "MLP", "Block", "num_parameters"]
+__all__ = ["LLaMA", "RMSNorm", "rope_cos_sin", "rotate_half", "apply_rope", "KVCache", "Attention",
+           "MLP", "Block", "num_parameters"]

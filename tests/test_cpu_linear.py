@@ -1,5 +1,5 @@
 """nanog4v.cpu_linear: every kernel the chooser can pick gives F.linear's values (forced, so each runs on
-any machine); the chooser serves real calls as trials and keeps the fastest; one-query attention = SDPA."""
+any machine); the chooser serves real calls as trials and keeps the fastest."""
 import time
 
 import pytest
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nanog4v import cpu_linear
 from nanog4v.config import LlamaConfig
 from nanog4v.generate import SamplingConfig, generate
-from nanog4v.llama import LLaMA, one_query_attention
+from nanog4v.llama import LLaMA
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}   # max |Δ| / max |y|
@@ -179,23 +179,3 @@ def test_greedy_tokens_equal_the_plain_path_in_fp32(monkeypatch):
     assert tokens() == plain and cpu_linear.choices()                  # the chooser, trials included
     monkeypatch.setattr(cpu_linear, "FORCE", "onednn")
     assert tokens() == plain
-
-
-@pytest.mark.parametrize("n_kv_heads", [8, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_query_attention_equals_sdpa(n_kv_heads, dtype):
-    """The decode step's attention for bf16 on the CPU = SDPA's, with GQA and a padding mask."""
-    torch.manual_seed(0)
-    q = torch.randn(2, 8, 1, 16).to(dtype)
-    k, v = torch.randn(2, 2, n_kv_heads, 10, 16).to(dtype).unbind(0)
-    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
-    mask[1, ..., :4] = False                                            # row 1: four padded keys
-    for m in (None, mask):
-        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m,
-                                             enable_gqa=n_kv_heads != 8)
-        got = one_query_attention(q, k, v, m)
-        assert got.shape == ref.shape and got.dtype == dtype
-        assert (got.float() - ref).abs().max().item() <= (1e-6 if dtype == torch.float32 else 2e-2)
-    v_pad = v.clone()
-    v_pad[1, :, :4] = 1e4                                               # masked keys' values must not leak
-    assert (one_query_attention(q, k, v_pad, mask)[1] - one_query_attention(q, k, v, mask)[1]).abs().max() == 0
