@@ -144,7 +144,7 @@ class VideoAbstractor(nn.Module):
             self.temporal = QueryStream(cfg, cfg.num_queries)            # Eq. 3: Q_t
         if cfg.streams != "temporal":
             self.spatial = QueryStream(cfg, cfg.num_queries)             # Eq. 2: Q_s
-        self.proj = Linear(cfg.dim, llm_dim)                          # W, b
+        self.proj = Linear(cfg.dim, llm_dim)                             # W, b
 
     @property
     def num_output_tokens(self) -> int:
@@ -205,8 +205,8 @@ class OfficialAbstractor(nn.Module):
         self.query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)           # Q_s: (N, D)
         self.temporal_query_tokens = nn.Parameter(torch.randn(cfg.num_queries, cfg.dim) * 0.02)  # Q_t: (N, D)
         self.layers = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(cfg.n_layers))
-        self.proj = Linear(cfg.dim, llm_dim)                          # mPLUG-Owl `visual_fc`
-        self.temporal_proj = Linear(cfg.dim, llm_dim)                 # mPLUG-Owl `temporal_visual_fc`
+        self.proj = Linear(cfg.dim, llm_dim)                             # mPLUG-Owl `visual_fc`
+        self.temporal_proj = Linear(cfg.dim, llm_dim)                    # mPLUG-Owl `temporal_visual_fc`
         self.eos = nn.Parameter(torch.randn(1, llm_dim) * 0.02)          # mPLUG-Owl `vit_eos`
 
     @property

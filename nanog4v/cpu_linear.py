@@ -152,10 +152,10 @@ def _decide_family(kind: tuple) -> None:
 
     A kind takes its fastest candidate (best time of its trials: the first call of each pays its set-up),
     except that a tie — within MARGIN of the fastest — goes to the family's leading kernel (the fastest
-    for most of its weights). Consecutive calls of a step are of one family, and switching
-    kernels between them costs what a single call's timing cannot see: a 134M model's fp32 decode ran
-    14 % faster with its 768×768 matrices on oneDNN, like its others, than on MKL, which had timed 9 %
-    slower per call (MKL's one-thread gemv leaves the second thread to be woken by the next call).
+    for most of its weights). Consecutive calls of a step are of one family, and hopping between
+    kernels costs more than each call's own time shows: a 134M model's fp32 decode ran 14 % faster with
+    its 768×768 matrices on oneDNN, like its larger ones, than on MKL's one-thread gemv, which had timed
+    only 9 % slower per call (bench/RESULTS.md).
     """
     family = _family(kind)
     best = {k: {n: min(t) for n, t in trials.items()} for k, trials in _trials.items()
