@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llama7b import read_bandwidth  # noqa: E402  (bench/llama7b.py's helper)
+from llama7b import EMULATION_VARS, cpu_model, read_bandwidth  # noqa: E402  (bench/llama7b.py's helpers)
 from nanog4v import cpu_linear  # noqa: E402
 from nanog4v.generate import SamplingConfig, generate  # noqa: E402
 from nanog4v.weights import load_llama  # noqa: E402
@@ -52,19 +52,16 @@ FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_k
 QUICK = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128, vocab_size=512)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def where_it_runs(device: str) -> str:
-    """The CPU capability PyTorch dispatches to, the CPU's name and any ISA-limiting variables set."""
+    """The CPU capability PyTorch dispatches to, the CPU (bench/llama7b.py's `cpu_model`) and any of the
+    ISA-limiting variables that are set."""
     if device != "cpu":
         return f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else device})"
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.is_file() else []
-    limits = " ".join(f"{k}={os.environ[k]}" for k in ISA_VARIABLES if k in os.environ)
-    return (f"get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}, CPU {names[0] if names else '?'}"
-            f" × {os.cpu_count()}" + (f", emulated by {limits}" if limits else ""))
+    limits = " ".join(f"{k}={os.environ[k]}" for k in EMULATION_VARS if k in os.environ)
+    return (f"get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} × "
+            f"{cpu_model()}" + (f"; emulated by {limits}" if limits else ""))
 
 
 def weight_bytes(model) -> int:
