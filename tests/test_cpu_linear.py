@@ -56,7 +56,7 @@ def test_every_kernel_gives_f_linears_values(name, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
-def test_upcast_rounds_the_fp32_product_once(dtype):
+def test_upcast_rounds_the_fp32_product_once(dtype, monkeypatch):
     """upcast = the fp32 product rounded once to the dtype (within that rounding: |Δ| ≤ eps · |y|), for
     every block of W, the last shorter one included, whatever the block size."""
     torch.manual_seed(1)
@@ -64,11 +64,8 @@ def test_upcast_rounds_the_fp32_product_once(dtype):
     ref = F.linear(x.float(), w.float()) + b.float()                     # (5, 1000) fp32
     bound = torch.finfo(dtype).eps * ref.abs() + 1e-5
     for block in (64 * 3, 64 * 1000, 1 << 22):
-        cpu_linear.UPCAST_BLOCK, saved = block, cpu_linear.UPCAST_BLOCK
-        try:
-            got = cpu_linear.KERNELS["upcast"](x, w, b)
-        finally:
-            cpu_linear.UPCAST_BLOCK = saved
+        monkeypatch.setattr(cpu_linear, "UPCAST_BLOCK", block)
+        got = cpu_linear.KERNELS["upcast"](x, w, b)
         assert got.dtype == dtype and bool(((got.float() - ref).abs() <= bound).all())
 
 
