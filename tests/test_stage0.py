@@ -13,10 +13,13 @@ from einops import rearrange
 from nanog4v.config import preset
 from nanog4v.data import AI, HUMAN, IGNORE, SYSTEM, encode_conversation, layout
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
-from nanog4v.toy.stage0 import (Stage0Error, Stage0Settings, by_length, encode_document, pretraining_documents,
-                               run_stage0)
+from nanog4v.llama import LLaMA
+from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, by_length, encode_document, lm_batch,
+                               lm_forward, pretrain_llama, pretraining_documents, run_stage0, train_tokenizer)
+from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, list_turns, object_slot, raw_drill,
+                                       thing_pieces, world_scene)
 from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, drill_documents, frame, loosen,
-                                        reading_caption, reading_documents)
+                                        reading_caption, reading_documents, with_caption)
 from nanog4v.toy.stage0_vision import attribute_accuracy, fresh_clips, hazard_separation, patch_targets, pretrain_vision
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.datasets import scene_labels
@@ -243,10 +246,16 @@ def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
     meta = json.loads((world / "world.json").read_text())
     pairs = [f"{c} {s}" for c, s in meta["heldout_pairs"]]
     held_pairs = {tuple(p) for p in meta["heldout_pairs"]}
+    objects = (pretraining_documents(world, "train", object_slot)
+               + reading_documents(200, held_pairs, random.Random(2), object_slot, lists=True)
+               + drill_documents(200, held_pairs, random.Random(3), object_slot, lists=True))
     docs = (pretraining_documents(world, "train") + reading_documents(200, held_pairs, random.Random(0))
-            + drill_documents(200, held_pairs, random.Random(1), reading_caption))
+            + drill_documents(200, held_pairs, random.Random(1), reading_caption) + objects)
     text = "\n".join("".join(p.text for p in d) for d in docs)
     assert pairs and not [p for p in pairs if p in text]
+    in_slots = {(t.colour, t.shape) for d in objects for p in d if isinstance(p, ObjectsPart) for t in p.scene.objects}
+    assert len(in_slots) > 30 and not in_slots & held_pairs        # nor in a slot that holds a scene
+    assert any(LIST_ASKS["colour"][0] in p.text for d in objects for p in d)
     held = [as_pattern(h) for _, hs in PHRASINGS.values() for h in hs]
     questions = [p.text for d in docs for p in d if p.kind == "text" and p.text.startswith(HUMAN) and "<video" not in p.text]
     assert questions and not [q for q in questions for pattern in held if pattern.search(q)]
@@ -303,6 +312,97 @@ def test_a_binding_drill_asks_every_attribute_of_every_object_and_learns_only_th
         ids, labels = encode_document(tok, d)
         targets = tok.decode([t for t in labels if t != IGNORE])
         assert targets.replace("</s>", "").split() == " ".join(answers).split()   # the answers, nothing else
+
+
+@pytest.fixture(scope="module")
+def objects_tok(world, tmp_path_factory):
+    """The tokenizer stage 0 trains for the "objects" slot: the template's pieces and one per motion."""
+    path = tmp_path_factory.mktemp("objects_tok") / "tokenizer.model"
+    return train_tokenizer(world / "corpus.txt", path, CFG.llama.vocab_size, TEMPLATE_SYMBOLS + list(MOTION_SYMBOLS))
+
+
+def test_the_objects_slot_holds_one_token_per_object_each_the_sum_of_its_words(stage0, objects_tok):
+    tok = objects_tok
+    assert all(len(tok.encode(m)) == 1 for m in ("moves left", "moves up", "stays still"))   # one piece a motion
+    default = Tokenizer(stage0["tokenizer"])                     # the caption recipe's tokenizer is unchanged
+    assert len(default.encode("moves left")) == 2
+    a, b = Thing("circle", "red", "large", "left", "moves right"), Thing("heart", "blue", "small", "top", "grows")
+    scene = Scene((a, b), "navy")
+    record = {"videos": ["clip.mp4"], "turns": [{"from": "human", "video": 0}, {"from": "human", "value": "Hi?"},
+                                                {"from": "ai", "value": "red"}]}
+    parts = with_caption(record, object_slot(scene))
+    assert [type(p) for p in parts].count(ObjectsPart) == 1
+    orders = set()
+    for seed in range(6):
+        ids, labels = encode_document(tok, parts, 16, random.Random(seed))
+        slot = [i for i, t in enumerate(ids) if isinstance(t, tuple)]
+        assert slot == list(range(slot[0], slot[0] + 16)) and all(labels[i] == IGNORE for i in slot)
+        tokens = [ids[i] for i in slot]
+        words = sorted(tok.decode(list(t)).split() for t in tokens if tok.decode(list(t)).strip() != "nothing")
+        assert words == [["large", "red", "circle", "left", "moves", "right"], ["navy", "background"],
+                         ["small", "blue", "heart", "top", "grows"]]
+        assert tokens.count(thing_pieces(tok, a)) == 1 and tokens.count(thing_pieces(tok, b)) == 1
+        orders.add(tuple(tokens))
+        assert tok.decode([i for i, label in zip(ids, labels) if label != IGNORE and i != tok.eos_id]).strip() == "red"
+    assert len(orders) > 1                                      # shuffled: no slot position means an object
+    # lm_batch: a slot token's embedding is the sum of its pieces' embeddings, a plain token its own
+    model = LLaMA(CFG.llama).eval()
+    (x, w), y = lm_batch([(ids, labels), ([1, 5, 6], [IGNORE, 5, 6])], tok.pad_id)
+    assert x.shape[:2] == w.shape[:2] == y.shape and x.shape[0] == 2
+    e = model.embed_tokens.weight
+    with torch.no_grad():
+        from nanog4v.toy.stage0_objects import bag_embeddings
+        emb = bag_embeddings(model, x, w)
+        i = slot[0]
+        torch.testing.assert_close(emb[0, i], e[list(ids[i])].sum(0))
+        torch.testing.assert_close(emb[1, 1], e[5])
+        torch.testing.assert_close(emb[1, 5], e[tok.pad_id])         # padding: the pad token
+        logits = lm_forward(model, (x, w))
+        assert logits.shape == (2, x.shape[1], CFG.llama.vocab_size)
+        torch.testing.assert_close(logits[1, :2], model(torch.tensor([[1, 5]]))[0], rtol=1e-5, atol=1e-5)
+
+
+def test_list_turns_write_each_value_right_after_its_noun_and_only_when_the_nouns_name_the_objects():
+    rng = random.Random(0)
+    a, b, c = (Thing("circle", "red", "large", "left", "moves right"), Thing("heart", "blue", "small", "top", "grows"),
+               Thing("circle", "green", "small", "right", "spins"))
+    turns = list_turns(Scene((a, b), "navy"), rng)
+    assert len(turns) == 6 and {t["value"] for t in turns[::2]} <= {q for qs in LIST_ASKS.values() for q in qs}
+    answers = sorted(t["value"] for t in turns[1::2])
+    assert all(sorted(x.split(", ")) in (["circle red", "heart blue"], ["circle moves right", "heart grows"],
+                                          ["circle left", "heart top"]) for x in answers)
+    assert list_turns(Scene((a, c), "navy"), rng) == []         # two circles: "circle" would not say which
+    held = [h for _, hs in PHRASINGS.values() for h in hs]
+    assert not [(q, h) for qs in LIST_ASKS.values() for q in qs for h in held if frame(q) == frame(h)]
+
+
+def test_a_raw_drill_is_the_slot_then_one_line_per_field_all_of_it_targets(objects_tok):
+    tok = objects_tok
+    rng, held = random.Random(0), {("red", "circle"), ("blue", "star")}
+    for _ in range(50):
+        scene = world_scene(rng, held)
+        assert len(scene.objects) in (2, 3) and len({t.shape for t in scene.objects}) == len(scene.objects)
+        assert not {(t.colour, t.shape) for t in scene.objects} & held
+        ids, labels = raw_drill(tok, scene, 16, rng)
+        slot = [i for i, t in enumerate(ids) if isinstance(t, tuple)]
+        assert len(slot) == 16 and ids[0] == tok.bos_id and labels[:slot[-1] + 2] == [IGNORE] * (slot[-1] + 2)
+        assert labels[slot[-1] + 2:] == ids[slot[-1] + 2:]             # everything after </video> is a target
+        lines = tok.decode(ids[slot[-1] + 2:-1]).strip().split("\n")
+        assert sorted(line.split(":")[0].strip() for line in lines if line) == ["colour", "motion", "position"]
+        for line in filter(None, lines):
+            field, items = line.split(":")
+            said = {item.split(" ", 1)[0]: item.split(" ", 1)[1] for item in items.strip().split(", ")}
+            assert said == {t.shape: getattr(t, field.strip()) for t in scene.objects}
+
+
+def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
+    tok = objects_tok
+    settings = Stage0Settings(llama_epochs=1, llama_reading=0.5, llama_drills=0.5, llama_batch=4, llama_block=96,
+                              eval_n=4, llama_slot="objects", llama_drill_steps=3)
+    model, metrics = pretrain_llama(CFG.llama, tok, world, settings, slot_size=CFG.abstractor.num_output_tokens)
+    assert metrics["caption_qa"]["n"] == 4 and metrics["val_loss"] < metrics["losses"][0]
+    docs = pretraining_documents(world, "train", object_slot)
+    assert sum(isinstance(p, ObjectsPart) for d in docs for p in d) == len(list(read_videochat(world / "stage1_train.json")))
 
 
 def test_by_length_puts_one_document_in_a_row_within_the_token_budget():

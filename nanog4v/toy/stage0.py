@@ -47,6 +47,13 @@ models learn in-context lookup from. `llama_rows = "documents"` gives each docum
 (`by_length`), so a question never sees another clip's words. Both were measured against the default
 and are recorded in weights/nano/README.md with what they gained.
 
+**The video slot as objects** (`Stage0Settings.llama_slot = "objects"`, stage0_objects.py). Instead of
+a caption, the slot holds N tokens, one per object, each the sum of its words' embeddings: finding the
+object a question names is then one attention step instead of an induction circuit. Its binding
+curriculum, `llama_drill_steps`, starts the LLaMA on drills written as plain text (no chat template),
+where that step forms in a few hundred steps, before the epochs. `OBJECTS` is that recipe; it binds in
+the text but not yet through stage 1, so it is not the nano default (stage0_objects.py says by how much).
+
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
 """
@@ -72,6 +79,8 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
+from .stage0_objects import (MOTION_SYMBOLS, ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
+                             slot_tokens, world_scene)
 from .stage0_reading import drill_documents, reading_caption, reading_documents, with_caption
 from .world import Scene, caption
 from .stage0_vision import pretrain_vision
@@ -91,20 +100,26 @@ class Stage0Settings:
     llama_epochs: int = 4
     llama_reading: float = 0.4         # reading practice: wider-world text scenes per epoch, per train clip
     llama_drills: float = 0.0          # binding drills (stage0_reading.drill_documents) per epoch, per train clip
+    llama_drill_steps: int = 0         # steps of binding drills alone before the epochs (plain text for "objects")
     llama_batch: int = 8               # rows of packed documents per step
     llama_block: int = 256             # tokens per row
     llama_lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05          # of each schedule's steps; then cosine to 10 %
     eval_n: int = 64                   # val questions the LLaMA answers from captions (0: skip)
-    llama_slot: str = "caption"        # what the video slot holds in its text: SLOTS
+    llama_slot: str = "caption"        # what the video slot holds: SLOTS
     llama_rows: str = "packed"         # "packed": documents packed into rows; "documents": one a row
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
-         "noun-last": reading_caption}    # "on the left moves right a large red circle ; …" (stage0_reading)
+         "noun-last": reading_caption,    # "on the left moves right a large red circle ; …" (stage0_reading)
+         "objects": object_slot}          # one token per object, the sum of its words' embeddings (stage0_objects)
 
-PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset: a smoke run of seconds
+# the video slot read as objects, with its binding curriculum (stage0_objects.py): measured on the nano
+# world (weights/nano/README.md, "What limits it"), not the shipped recipe yet
+OBJECTS = Stage0Settings(llama_slot="objects", llama_rows="documents", llama_drills=0.5, llama_drill_steps=400,
+                         llama_lr=2e-3)
+PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset below: a smoke run of seconds
                    "test": Stage0Settings(vit_epochs=2, vit_batch=4, llama_epochs=1, llama_batch=4, llama_block=64,
                                           eval_n=4)}
 
@@ -116,9 +131,9 @@ TEMPLATE_SYMBOLS = ["\u2581" + SYSTEM.strip().replace(" ", "\u2581"), HUMAN, AI,
                     *VIDEO_TAGS, *("\u2581" + tag for tag in VIDEO_TAGS)]   # "▁" = a space before
 
 
-def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
+def train_tokenizer(corpus, out_path, vocab_size: int, symbols=TEMPLATE_SYMBOLS) -> Tokenizer:
     """SentencePiece BPE on `corpus` (a text file, one sentence a line) with LLaMA's settings and the
-    template's fixed strings as single pieces; writes `out_path` and returns it loaded."""
+    template's fixed strings (`symbols`) as single pieces; writes `out_path` and returns it loaded."""
     import sentencepiece as spm
     corpus = Path(corpus)
     if not corpus.is_file():
@@ -128,7 +143,7 @@ def train_tokenizer(corpus, out_path, vocab_size: int) -> Tokenizer:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, user_defined_symbols=TEMPLATE_SYMBOLS,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, user_defined_symbols=list(symbols),
         hard_vocab_limit=False, minloglevel=2)           # a small corpus may give fewer pieces: fine
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,11 +169,15 @@ def pretraining_documents(world_dir, split: str = "train", slot=caption) -> list
     return docs
 
 
-def encode_document(tokenizer: Tokenizer, parts: list[Part]) -> tuple[list[int], list[int]]:
+def encode_document(tokenizer: Tokenizer, parts: list[Part], slot_size: int = 0,
+                    rng: random.Random | None = None) -> tuple[list, list[int]]:
     """(ids, labels) exactly as encode_conversation(loss_on="ai") makes them: only the AI answers
-    and their </s> are targets (IGNORE elsewhere)."""
+    and their </s> are targets (IGNORE elsewhere). A slot holding a scene (`ObjectsPart`) becomes its
+    `slot_size` slot tokens, each a tuple of ids whose embeddings are summed (stage0_objects)."""
     ids, labels = [tokenizer.bos_id], [IGNORE]
     for part, part_ids in encode_parts(tokenizer, parts, 0):
+        if isinstance(part, ObjectsPart):
+            part_ids = slot_tokens(tokenizer, part.scene, slot_size, rng or random.Random(0))
         ids += part_ids
         labels += part_ids if part.kind in ("answer", "eos") else [IGNORE] * len(part_ids)
     return ids, labels
@@ -197,16 +216,27 @@ def by_length(docs: list[tuple[list[int], list[int]]], length: int, tokens: int,
 
 
 def lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows → inputs (B, L−1) and next-token targets (B, L−1), padding targeted IGNORE (−100)."""
+    """Rows → inputs (B, L−1) and next-token targets (B, L−1), padding targeted IGNORE (−100). Rows with
+    slot tokens give inputs (ids, weights), each (B, L−1, K) (stage0_objects.bag_batch)."""
     L = max(len(ids) for ids, _ in rows)
-    x = torch.full((len(rows), L), pad_id, dtype=torch.long)                   # (B, L)
     y = torch.full((len(rows), L), IGNORE, dtype=torch.long)                   # (B, L)
-    for i, (ids, labels) in enumerate(rows):
-        x[i, :len(ids)], y[i, :len(labels)] = torch.tensor(ids), torch.tensor(labels)
+    for i, (_, labels) in enumerate(rows):
+        y[i, :len(labels)] = torch.tensor(labels)
+    if any(isinstance(t, tuple) for ids, _ in rows for t in ids):
+        ids, weights = bag_batch([ids for ids, _ in rows], pad_id)              # (B, L, K) each
+        return (ids[:, :-1], weights[:, :-1]), y[:, 1:]
+    x = torch.full((len(rows), L), pad_id, dtype=torch.long)                   # (B, L)
+    for i, (ids, _) in enumerate(rows):
+        x[i, :len(ids)] = torch.tensor(ids)
     return x[:, :-1], y[:, 1:]                                                  # (B, L−1) each
 
 
-def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, slot=caption) -> dict:
+def lm_forward(model: LLaMA, x) -> torch.Tensor:
+    """Logits (B, L, V) of lm_batch's inputs: ids, or (ids, weights) of slot tokens."""
+    return model(x) if torch.is_tensor(x) else model(embeds=bag_embeddings(model, *x))
+
+
+def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, slot=caption, slot_size: int = 0) -> dict:
     """Greedy answers to n val stage-1 questions with the clip written in the slot as `slot(scene)`: the
     reading skill stage 1 relies on (the frozen LLM must answer from what the abstractor puts in the
     slot), overall and by the number of objects in the clip."""
@@ -218,15 +248,20 @@ def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, s
                 head = {"videos": r["videos"], "turns": r["turns"][:j]}
                 scene = scenes[Path(r["videos"][0]).stem]
                 parts = with_caption(head, slot(scene), for_reply=True)
-                prompts.append(encode_document(tokenizer, parts)[0])
+                prompts.append(encode_document(tokenizer, parts, slot_size, random.Random(len(prompts)))[0])
                 answers.append(r["turns"][j]["value"])
                 objects.append(len(scene.objects))
     if not prompts:
         return {"accuracy": None, "n": 0}
     model.eval()
     with torch.no_grad():
-        out = generate(model, prompts, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                       cfg=SamplingConfig(max_new_tokens=8))
+        if any(isinstance(t, tuple) for ids in prompts for t in ids):       # slot tokens: as embeddings
+            embeds = [bag_embeddings(model, *bag_batch([ids], tokenizer.pad_id))[0] for ids in prompts]
+            out = generate(model, embeds=embeds, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                           cfg=SamplingConfig(max_new_tokens=8))
+        else:
+            out = generate(model, prompts, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                           cfg=SamplingConfig(max_new_tokens=8))
     replies = [tokenizer.decode(ids).strip() for ids in out]
     right = [normalize_answer(a) == normalize_answer(b) for a, b in zip(replies, answers)]
     by_objects = {str(k): sum(r for r, o in zip(right, objects) if o == k) / objects.count(k) for k in sorted(set(objects))}
@@ -235,19 +270,20 @@ def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, s
 
 
 def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Settings = Stage0Settings(), *,
-                   seed: int = 0, log=print) -> tuple[LLaMA, dict]:
+                   seed: int = 0, log=print, slot_size: int = 16) -> tuple[LLaMA, dict]:
     """Next-token pretraining on the toy text (see the module docstring); returns (model in eval mode,
-    {"losses", "val_loss", "caption_qa", ...})."""
+    {"losses", "val_loss", "caption_qa", ...}). `slot_size`: the slot tokens of the "objects" slot (the
+    abstractor's output tokens)."""
     if tokenizer.vocab_size > cfg.vocab_size:
         raise Stage0Error(f"{tokenizer.path}: {tokenizer.vocab_size} pieces but the LLaMA has {cfg.vocab_size} embeddings")
     started = time.time()
     if settings.llama_slot not in SLOTS:
         raise Stage0Error(f"llama_slot must be one of {', '.join(SLOTS)}, not {settings.llama_slot!r}")
-    slot = SLOTS[settings.llama_slot]
-    docs = {split: [encode_document(tokenizer, d) for d in pretraining_documents(world_dir, split, slot)]
+    slot, lists = SLOTS[settings.llama_slot], settings.llama_slot == "objects"
+    rng = random.Random(seed)
+    docs = {split: [encode_document(tokenizer, d, slot_size, rng) for d in pretraining_documents(world_dir, split, slot)]
             for split in ("train", "val")}
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
-    rng = random.Random(seed)
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
@@ -255,9 +291,16 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     if settings.llama_rows not in ("packed", "documents"):
         raise Stage0Error(f"llama_rows must be packed or documents, not {settings.llama_rows!r}")
     b, batches = settings.llama_batch, []
+    while len(batches) < settings.llama_drill_steps:           # first, binding drills alone, one a row
+        if settings.llama_slot == "objects":                   # as plain text (stage0_objects.raw_drill)
+            drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng) for _ in range(256)]
+        else:
+            drills_ = [encode_document(tokenizer, d, slot_size, rng) for d in drill_documents(64, held, rng, slot, lists)]
+        batches += by_length(drills_, length, b * (length - 1), rng)
+    batches = batches[:settings.llama_drill_steps]
     for _ in range(settings.llama_epochs):
-        text = reading_documents(reading, held, rng, slot) + drill_documents(drills, held, rng, slot)
-        epoch = docs["train"] + [encode_document(tokenizer, d) for d in text]
+        text = reading_documents(reading, held, rng, slot, lists) + drill_documents(drills, held, rng, slot, lists)
+        epoch = docs["train"] + [encode_document(tokenizer, d, slot_size, rng) for d in text]
         if settings.llama_rows == "packed":
             rows = pack(epoch, length, rng)
             batches += [rows[i:i + b] for i in range(0, len(rows), b)]
@@ -276,7 +319,7 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
         x, y = lm_batch(batch, tokenizer.pad_id)                                # (B, L−1) each
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.llama_lr, warmup, total)
-        logits = model(x)                          # (B, L−1, V); causal: right padding is never attended
+        logits = lm_forward(model, x)              # (B, L−1, V); causal: right padding is never attended
         loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(y, "b l -> (b l)"), ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -291,14 +334,14 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
         nll = n = 0
         for i in range(0, len(val_rows), b):
             x, y = lm_batch(val_rows[i:i + b], tokenizer.pad_id)
-            nll += F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
+            nll += F.cross_entropy(lm_forward(model, x).flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
             n += (y != IGNORE).sum().item()
     val_loss = nll / max(1, n)
     k = max(1, total // 10)
     metrics = {"steps": total, "train_tokens": tokens, "row_length": length, "losses": losses,
                "final_loss": sum(losses[-k:]) / k, "val_loss": val_loss}
     if settings.eval_n:
-        metrics["caption_qa"] = caption_qa_accuracy(model, tokenizer, world_dir, settings.eval_n, slot)
+        metrics["caption_qa"] = caption_qa_accuracy(model, tokenizer, world_dir, settings.eval_n, slot, slot_size)
     return model, metrics
 
 
@@ -316,7 +359,8 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
     read_world(world_dir)                                     # fail early on an incomplete world
     out_dir.mkdir(parents=True, exist_ok=True)
     times, started = {}, time.time()
-    tokenizer = train_tokenizer(world_dir / "corpus.txt", out_dir / "tokenizer.model", cfg.llama.vocab_size)
+    symbols = TEMPLATE_SYMBOLS + (list(MOTION_SYMBOLS) if settings.llama_slot == "objects" else [])
+    tokenizer = train_tokenizer(world_dir / "corpus.txt", out_dir / "tokenizer.model", cfg.llama.vocab_size, symbols)
     system_pieces = len(tokenizer.encode(SYSTEM))
     times["tokenizer_s"] = round(time.time() - started, 1)
     log(f"stage 0 tokenizer: {tokenizer.vocab_size} pieces; the system text is {system_pieces} tokens")
@@ -334,7 +378,8 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
 
     t = time.time()
     llama_cfg = cfg.llama
-    llama, llama_metrics = pretrain_llama(llama_cfg, tokenizer, world_dir, settings, seed=seed, log=log)
+    llama, llama_metrics = pretrain_llama(llama_cfg, tokenizer, world_dir, settings, seed=seed, log=log,
+                                          slot_size=cfg.abstractor.num_output_tokens)
     save_llama(llama.to(torch.float16), out_dir / "llama")      # float16, as the official LLaMA files
     times["llama_s"] = round(time.time() - t, 1)
     log(f"stage 0 LLaMA: val loss {llama_metrics['val_loss']:.4f}"

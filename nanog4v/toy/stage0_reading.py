@@ -37,6 +37,7 @@ from ..data import Part, layout
 from ..readers import videochat_turns
 from .datasets import leave_unsaid, refer, request_phrase, stage1_records, tag
 from .phrases import NUMBERS, PHRASINGS, SHOW
+from .stage0_objects import ObjectsPart, list_turns
 from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
 
 EXTRA_COLOURS = ("pink", "teal", "gold", "silver", "cyan", "lime", "maroon", "beige")
@@ -135,8 +136,12 @@ def reading_caption(scene: Scene) -> str:
     return f"{head} {' ; '.join(things)}"
 
 
-def with_caption(record: dict, caption_text: str, for_reply: bool = False) -> list[Part]:
-    """A stage-1 record's template parts with its video slot written as the clip's caption."""
+def with_caption(record: dict, caption_text: str | Scene, for_reply: bool = False) -> list[Part]:
+    """A stage-1 record's template parts with its video slot written as the clip's caption, or, given the
+    scene itself (the "objects" slot), holding the scene as slot tokens (stage0_objects)."""
+    if isinstance(caption_text, Scene):
+        return [ObjectsPart("objects", turn=p.turn, scene=caption_text) if p.kind == "slot" else p
+                for p in layout(record, for_reply)]
     return [Part("text", f" {caption_text} ", p.turn) if p.kind == "slot" else p for p in layout(record, for_reply)]
 
 
@@ -166,10 +171,12 @@ def reading_scene(rng: random.Random, held: set) -> Scene:
     return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
 
 
-def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False) -> list[dict]:
+def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: bool = False) -> list[dict]:
     """A video turn, then every object's colour, motion and place asked (objects in random order); with
     `shapes`, its shape too and the questions of each object shuffled. Each question needs the one object
-    it names. (Without `shapes` the questions keep that order: the shipped checkpoint's text was drawn so.)"""
+    it names. (Without `shapes` the questions keep that order: the shipped checkpoint's text was drawn so.)
+    With `lists`, half the time the three lists of stage0_objects.list_turns follow (after the questions,
+    so that no question can copy its answer from a list)."""
     turns = [{"from": "human", "video": 0}]
     for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
         thing = scene.objects[i]
@@ -181,10 +188,10 @@ def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False) -> list[
             if ref:
                 question = rng.choice(WIDER[intent][0]).format(ref=ref)
                 turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
-    return turns
+    return turns + (list_turns(scene, rng) if lists and rng.random() < 0.5 else [])
 
 
-def drill_documents(n: int, held: set, rng: random.Random, slot=caption) -> list[list[Part]]:
+def drill_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False) -> list[list[Part]]:
     """n short binding drills: a wider-world scene of two or three objects written in the video slot as
     `slot(scene)`, then `drill_turns` (every attribute of every object). One-object scenes are left out:
     there any colour in the slot is the answer, a shortcut that delays learning to look up the object
@@ -193,12 +200,12 @@ def drill_documents(n: int, held: set, rng: random.Random, slot=caption) -> list
     while len(docs) < n:
         scene = reading_scene(rng, held)
         if len(scene.objects) > 1:
-            turns = drill_turns(scene, rng, shapes=True)
+            turns = drill_turns(scene, rng, shapes=True, lists=lists)
             docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
     return docs
 
 
-def reading_documents(n: int, held: set, rng: random.Random, slot=caption) -> list[list[Part]]:
+def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
     and a request to show a scene answered with its `<video>` caption (alone, or after the drill).
@@ -211,7 +218,7 @@ def reading_documents(n: int, held: set, rng: random.Random, slot=caption) -> li
             for turn in turns[1::2]:                                    # the human questions
                 turn["value"] = loosen(turn["value"], rng)
             docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
-        turns = drill_turns(scene, rng)
+        turns = drill_turns(scene, rng, lists=lists)
         if rng.random() < 0.5:                                          # a request alone, of this scene
             if len(turns) > 1:
                 docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
