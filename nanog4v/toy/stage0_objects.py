@@ -40,7 +40,8 @@ query that looks at one place of the frame can write it. It does not learn to ye
 this stage 0 (`stage0.OBJECTS`, then stages 1–2 unchanged) ended stage 1 at loss 0.42 (0.31 with the
 caption) and scored 43.0 % held-out QA (1 / 2 / 3 objects 65.6 / 29.3 / 29.4 %; 400 questions) against
 58.2 % shipped, and its prompts lost what the request asked for ("a large purple cross shrinks" →
-"<video> a large purple circle … </video>": prompt fidelity 2 %). So the caption stays the nano
+"<video> a large purple circle … </video>": prompt fidelity 2 %; the stage-0 LLaMA alone already
+writes 1 of 100 first-turn prompts right, the shipped one 87). So the caption stays the nano
 recipe's slot and this one an option (weights/nano/README.md, "What limits it").
 
 The motion pieces are added to the tokenizer only for this slot (`stage0.run_stage0`), so the caption
