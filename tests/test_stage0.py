@@ -16,8 +16,8 @@ from nanog4v.readers import read_dialogues, read_safety, read_videochat
 from nanog4v.llama import LLaMA
 from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, by_length, encode_document, lm_batch,
                                lm_forward, pretrain_llama, pretraining_documents, run_stage0, train_tokenizer)
-from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, list_turns, object_slot, raw_drill,
-                                       thing_pieces, world_scene)
+from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, bag_embeddings, list_turns, object_slot,
+                                       raw_drill, thing_pieces, world_scene)
 from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, drill_documents, frame, loosen,
                                         reading_caption, reading_documents, with_caption)
 from nanog4v.toy.stage0_vision import attribute_accuracy, fresh_clips, hazard_separation, patch_targets, pretrain_vision
@@ -351,7 +351,6 @@ def test_the_objects_slot_holds_one_token_per_object_each_the_sum_of_its_words(s
     assert x.shape[:2] == w.shape[:2] == y.shape and x.shape[0] == 2
     e = model.embed_tokens.weight
     with torch.no_grad():
-        from nanog4v.toy.stage0_objects import bag_embeddings
         emb = bag_embeddings(model, x, w)
         i = slot[0]
         torch.testing.assert_close(emb[0, i], e[list(ids[i])].sum(0))
