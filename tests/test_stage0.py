@@ -20,9 +20,10 @@ from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, 
                                        raw_drill, thing_pieces, world_scene)
 from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, drill_documents, frame, loosen,
                                         reading_caption, reading_documents, with_caption)
-from nanog4v.toy.stage0_vision import attribute_accuracy, fresh_clips, hazard_separation, patch_targets, pretrain_vision
+from nanog4v.toy.stage0_vision import (WIDER_COLOURS, attribute_accuracy, colour_mask, fresh_clips, hazard_separation,
+                                      patch_targets, pretrain_vision)
 from nanog4v.tokenizer import Tokenizer
-from nanog4v.toy.datasets import scene_labels
+from nanog4v.toy.datasets import label_names, scene_labels
 from nanog4v.toy.worlddir import WorldError, read_world, write_world
 from nanog4v.toy.phrases import PHRASINGS
 from nanog4v.toy.world import (COLOURS, POSITION_PHRASES, SHAPES, Scene, Thing, parse_caption, render,
@@ -31,7 +32,7 @@ from nanog4v.vision import VisionTransformer
 from nanog4v.weights import load_llama, load_vision, save_vision
 
 CFG = preset("test")
-SETTINGS = Stage0Settings(vit_epochs=6, vit_batch=4, vit_lr=3e-3, llama_epochs=3, llama_batch=4, llama_block=64,
+SETTINGS = Stage0Settings(vit_epochs=6, vit_batch=4, vit_lr=3e-3, vit_fresh=0.0, llama_epochs=3, llama_batch=4, llama_block=64,
                           llama_lr=3e-3, eval_n=4)
 
 
@@ -431,7 +432,31 @@ def test_fresh_vit_clips_are_train_split_scenes_rendered_at_the_sampled_frames(w
         rows[0]["frames"], torch.from_numpy(full[[1, 3]]))
 
 
+def test_wider_colour_clips_paint_every_object_outside_the_palette_and_mask_only_colour_labels(world):
+    """A wider-colour clip: the same scene (shapes, places, motions) painted in colours no world clip has,
+    so it holds no colour–shape pair; only its colour labels are left out of the loss."""
+    meta, _ = read_world(world)
+    rows = fresh_clips(60, meta, 2, 0.0, random.Random(0), wider=0.5)
+    assert 10 < sum(r["wider"] for r in rows) < 50
+    r = next(r for r in rows if r["wider"])
+    scene = Scene.from_dict(r["scene"])
+    plain = render(scene, meta["frames"], meta["size"])[[1, 3]]
+    painted = r["frames"].numpy()
+    pixels = {tuple(p) for p in painted.reshape(-1, 3)}
+    assert not {tuple(rgb) for rgb in COLOURS.values()} & pixels                  # no world colour anywhere
+    assert {tuple(rgb) for rgb in WIDER_COLOURS.values()} & pixels
+    assert ((plain != plain[0, 0, 0]).any(-1) == (painted != painted[0, 0, 0]).any(-1)).all()   # same silhouettes
+    names = label_names()
+    w = colour_mask(rows, names, {*COLOURS, "striped"})
+    for row, weights in zip(rows, w):
+        left_out = {n for n, x in zip(names, weights) if x == 0}
+        assert left_out == ({n for n in names if n.split(":")[1] in {*COLOURS, "striped"}} if row["wider"] else set())
+    assert "left:red" in left_out or not rows[-1]["wider"]
+
+
 def test_fresh_clips_add_steps_to_the_vit_epochs(world):
     train = sum(r["split"] == "train" for r in read_world(world)[1])
     _, m = pretrain_vision(CFG.vision, world, 2, epochs=2, batch=4, fresh=1.0, log=lambda *a: None)
     assert m["steps"] == 2 * ((2 * train) // 4) and len(m["losses"]) == m["steps"]
+    _, w = pretrain_vision(CFG.vision, world, 2, epochs=2, batch=4, fresh=1.0, wider=0.5, log=lambda *a: None)
+    assert w["steps"] == m["steps"] and w["losses"] != m["losses"] and set(w["heldout"]["accuracy"]) >= {"shape", "colour"}

@@ -12,8 +12,8 @@ split with `nanog4v.eval.tables`:
 | abstractor | the paper's Eq. 2–4 (nano), the official code's joint form | stage 1 | held-out QA |
 | LoRA rank | r = 4, 16 (nano), 64 (α = 16 throughout) | stage 2, from the shipped stage 1 | prompt fidelity, QA |
 
-Every stage-1 variant starts from a fresh abstractor (seed 0) and trains for `--epochs` (default 1, a
-third of the shipped schedule) through `train.py` itself — the variant's abstractor is written as an
+Every stage-1 variant starts from a fresh abstractor (seed 0) and trains for `--epochs` (default 1, an
+eighth of the shipped schedule) through `train.py` itself — the variant's abstractor is written as an
 untrained `--init`, so the run takes exactly the code path of the recipe. The "both / N = 16 / T = 4"
 run is the shared baseline of the first three families. Results go to OUT/results.json (one entry per
 variant: settings, wall time, final loss, the scores) and a markdown table on stdout.
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs") / "ablations")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
                    help=f"variants to run (default: all): {', '.join(VARIANTS)}")
-    p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 3)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 8 for stage 1, 3 for stage 2)")
     p.add_argument("--limit", type=int, default=300, help="held-out questions (and show turns) scored per run")
     p.add_argument("--data", type=Path, help="score on this toy world's held-out split (default: CKPT/toyworld)")
     args = p.parse_args(argv)

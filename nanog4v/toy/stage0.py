@@ -97,6 +97,8 @@ class Stage0Settings:
     vit_batch: int = 16                # clips per step (× T frames)
     vit_lr: float = 1e-3
     vit_dense_weight: float = 1.0      # per-patch colour/shape loss beside the clip labels (0: off)
+    vit_fresh: float = 1.0             # newly rendered train-split clips per epoch, per train clip
+    vit_wider: float = 0.5             # share of those painted in colours outside the world's
     llama_epochs: int = 4
     llama_reading: float = 0.4         # reading practice: wider-world text scenes per epoch, per train clip
     llama_drills: float = 0.0          # binding drills (stage0_reading.drill_documents) per epoch, per train clip
@@ -120,8 +122,8 @@ SLOTS = {"caption": caption,             # the world's English caption, "a large
 OBJECTS = Stage0Settings(llama_slot="objects", llama_rows="documents", llama_drills=0.5, llama_drill_steps=400,
                          llama_lr=2e-3)
 PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset below: a smoke run of seconds
-                   "test": Stage0Settings(vit_epochs=2, vit_batch=4, llama_epochs=1, llama_batch=4, llama_block=64,
-                                          eval_n=4)}
+                   "test": Stage0Settings(vit_epochs=2, vit_batch=4, vit_fresh=0.0, llama_epochs=1, llama_batch=4,
+                                          llama_block=64, eval_n=4)}
 
 
 # --- tokenizer -----------------------------------------------------------------------------------
@@ -368,13 +370,15 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
     t = time.time()
     vit, vit_metrics = pretrain_vision(cfg.vision, world_dir, cfg.num_frames, epochs=settings.vit_epochs,
                                        batch=settings.vit_batch, lr=settings.vit_lr, weight_decay=settings.weight_decay,
-                                       dense_weight=settings.vit_dense_weight,
+                                       dense_weight=settings.vit_dense_weight, fresh=settings.vit_fresh,
+                                       wider=settings.vit_wider,
                                        warmup_frac=settings.warmup_frac, seed=seed, log=log)
     save_vision(vit, out_dir / "vision")
     times["vision_s"] = round(time.time() - t, 1)
     if "val" in vit_metrics:
         log(f"stage 0 ViT: val attribute accuracy {vit_metrics['val']['accuracy']['mean']:.3f} "
-            f"(all fields of a clip right: {vit_metrics['val']['accuracy']['all_fields_of_clip']:.3f})")
+            f"(all fields of a clip right: {vit_metrics['val']['accuracy']['all_fields_of_clip']:.3f})"
+            + (f", held-out {vit_metrics['heldout']['accuracy']['mean']:.3f}" if "heldout" in vit_metrics else ""))
 
     t = time.time()
     llama_cfg = cfg.llama

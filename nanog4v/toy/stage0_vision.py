@@ -22,11 +22,24 @@ computed from the renderer's own geometry at the times stage 1 samples. This is 
 the abstractor's spatial queries need: objects are findable patch by patch. What it gained on the
 nano world is recorded in weights/nano/README.md ("Experiments behind the recipe"); the patch
 accuracy is in stage0.json.
+
+**Fresh clips in wider colours** (`fresh`, `wider`, `fresh_clips`). The world's clips hold only its
+train colour–shape pairs, so a ViT trained on them alone learns shape and colour *together*: a linear
+probe of its features names the shape of a clip with a held-out pair (a white circle) far less often
+than of a seen one, and the answers follow the seen pairs. Every epoch therefore also renders as many
+new train-split scenes again (more clips, never a held-out pair), and paints half of them in colours
+the world does not have at all (`WIDER_COLOURS`: teal, pink, gold, …; the words are the reading
+practice's). In those the shape, size, place and motion are as labelled and colour says nothing about
+shape; their colour labels are left out of the loss (`colour_mask`), since no head output names them.
+This is the ViT's version of the LLaMA's wider-world reading practice, and, like it, it shows no
+held-out pair: a teal circle is no pair of the world. stage0.json scores the head on the held-out
+split too ("heldout"), where this shows.
 """
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +54,7 @@ from ..video import sample_frame_indices, sample_frames
 from ..vision import VisionTransformer, preprocess
 from .worlddir import WorldError, read_world
 from .datasets import scene_labels
-from .world import MASKS, Scene, object_coordinates, render, sample_scene
+from .world import HAZARD, MASKS, Scene, object_coordinates, render, sample_scene
 
 
 def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
@@ -79,17 +92,40 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
     return colour, shape
 
 
-def fresh_clips(n: int, meta: dict, num_frames: int, hazard_share: float, rng: random.Random) -> list[dict]:
+# colours no clip of the world has (the names are the reading practice's, stage0_reading.EXTRA_COLOURS)
+WIDER_COLOURS = {"pink": (255, 120, 190), "teal": (0, 140, 140), "gold": (200, 160, 50), "silver": (175, 175, 190),
+                 "cyan": (60, 230, 230), "lime": (170, 240, 60), "maroon": (120, 20, 40), "beige": (220, 200, 160)}
+
+
+def fresh_clips(n: int, meta: dict, num_frames: int, hazard_share: float, rng: random.Random,
+                wider: float = 0.0) -> list[dict]:
     """n new train-split scenes, rendered as the world renders its clips (never a held-out pair; the
     hazard sign in `hazard_share` of them), as scenes.jsonl rows plus "frames" (T, H, W, 3) uint8 at
-    the frames stage 1 samples. Rendered straight, not through the mp4 codec."""
+    the frames stage 1 samples. Rendered straight, not through the mp4 codec. In a `wider` share of
+    them every object is painted in a colour outside the world's (`WIDER_COLOURS`, "wider": True):
+    such a clip holds no colour–shape pair at all, held-out or not. Its "scene" and "labels" are those of
+    the scene as drawn, in the world's colours: the colour labels are then untrue, and the ViT's loss
+    leaves them out (`colour_mask`)."""
     held, n_src = {tuple(p) for p in meta["heldout_pairs"]}, meta["frames"]
     rows = []
     for _ in range(n):
         scene = sample_scene(rng, held, hazard=rng.random() < hazard_share)
-        frames = render(scene, n_src, meta["size"])[sample_frame_indices(n_src, num_frames)]
-        rows.append({"scene": scene.to_dict(), "labels": scene_labels(scene), "frames": torch.from_numpy(frames)})
+        painted, recolour = scene, rng.random() < wider
+        if recolour:                                                            # the hazard sign keeps its stripes
+            paint = lambda t: t if t.shape == HAZARD else replace(t, colour=rng.choice(list(WIDER_COLOURS)))
+            painted = replace(scene, objects=tuple(paint(t) for t in scene.objects))
+        frames = render(painted, n_src, meta["size"], palette=WIDER_COLOURS)[sample_frame_indices(n_src, num_frames)]
+        rows.append({"scene": scene.to_dict(), "labels": scene_labels(scene), "frames": torch.from_numpy(frames),
+                     "wider": recolour})
     return rows
+
+
+def colour_mask(rows: list[dict], names: list[str], colours) -> torch.Tensor:
+    """(N, K) weights of the clip labels: 0 for every colour label ("colour:red", "left:red") of a
+    wider-colour clip, whose colours are none of the world's (the other labels are as true as ever), else 1."""
+    is_colour = torch.tensor([name.split(":")[1] in colours for name in names])  # (K,)
+    wider = torch.tensor([bool(r.get("wider")) for r in rows])                    # (N,)
+    return 1.0 - (wider[:, None] & is_colour[None, :]).float()
 
 
 def dense_targets(rows: list[dict], meta: dict, num_frames: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +148,13 @@ def encode(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
     return rearrange(tokens, "(n t) l d -> n t l d", n=n)                       # (N, T, 1+P, D)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of −Σ_c target_c · log softmax(logits)_c (targets are distributions)."""
-    return -(target * logits.log_softmax(-1)).sum(-1).mean()
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows of −Σ_c target_c · log softmax(logits)_c (targets are distributions); `weight`
+    (N,) scales each clip's rows (0 leaves a clip out of the mean's numerator)."""
+    loss = -(target * logits.log_softmax(-1)).sum(-1)                           # (N, ...)
+    if weight is not None:
+        loss = loss * weight.view(-1, *[1] * (loss.dim() - 1))
+    return loss.mean()
 
 
 def patch_accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -168,10 +208,12 @@ def hazard_separation(train_emb, train_hazard, test_emb, test_hazard) -> dict:
 
 def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: int = 6, batch: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.05, warmup_frac: float = 0.05, seed: int = 0,
-                    dense_weight: float = 1.0, fresh: float = 0.0, log=print) -> tuple[VisionTransformer, dict]:
+                    dense_weight: float = 1.0, fresh: float = 0.0, wider: float = 0.0,
+                    log=print) -> tuple[VisionTransformer, dict]:
     """Train a ViT on the world's train clips (attribute prediction, see the module docstring), and
-    every epoch on `fresh` × as many newly rendered train-split scenes (`fresh_clips`); returns it in
-    eval mode and {"losses", "val", "hazard", ...}."""
+    every epoch on `fresh` × as many newly rendered train-split scenes (`fresh_clips`, a `wider` share
+    of them in colours outside the world's); returns it in eval mode and {"losses", "val", "heldout",
+    "hazard", ...}."""
     meta, scenes = read_world(world_dir)
     names, vocab = meta["label_names"], meta["vocab"]
     split = {s: [r for r in scenes if r["split"] == s] for s in ("train", "val", "heldout")}
@@ -192,6 +234,7 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
               for n, p in m.named_parameters()]
     opt = make_optimizer(params, lr, weight_decay)
     index = {name: k for k, name in enumerate(names)}
+    colours = {*vocab["colours"], vocab["hazard"]["colour"]}
     n_fresh, rng = round(fresh * len(split["train"])), random.Random(f"{seed}:fresh-clips")
     hazard_share = sum(r["hazard"] for r in split["train"]) / len(split["train"])
     per_epoch = max(1, (len(split["train"]) + n_fresh) // batch)
@@ -200,14 +243,17 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
     vit.train()
     for epoch in range(epochs):
         frames, labels, dense = *data["train"], targets["train"]
+        weights = torch.ones_like(labels)                                       # (N, K) label weights
         if n_fresh:                                                             # this epoch's new scenes
-            new = fresh_clips(n_fresh, meta, num_frames, hazard_share, rng)
+            new = fresh_clips(n_fresh, meta, num_frames, hazard_share, rng, wider)
             new_labels = torch.zeros(n_fresh, len(names))                       # (F, K) multi-hot
             for i, r in enumerate(new):
                 new_labels[i, [index[name] for name in r["labels"]]] = 1.0
             frames = torch.cat([frames, torch.stack([r["frames"] for r in new])])
             labels = torch.cat([labels, new_labels])
+            weights = torch.cat([weights, colour_mask(new, names, colours)])
             dense = [torch.cat(pair) for pair in zip(dense, dense_targets(new, meta, num_frames, grid))]
+        plain = weights.min(1).values                                           # (N,) 0: a wider-colour clip
         order = torch.randperm(len(frames), generator=g)
         for b in range(per_epoch):
             idx = order[b * batch:(b + 1) * batch]
@@ -215,10 +261,10 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
                 group["lr"] = lr_at(step, lr, warmup, total)
             tokens = encode(vit, frames[idx])                                   # (B, T, 1+P, D)
             feats = rearrange(tokens[:, :, 0], "b t d -> b (t d)")              # (B, T·D)
-            loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx])  # head: (B, K)
+            loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx], weight=weights[idx])  # head: (B, K)
             if dense_weight:
                 colour, shape = dense_head(tokens[:, :, 1:]).split([n_colour, n_shape], -1)  # (B, T, P, ·)
-                loss = loss + dense_weight * (soft_cross_entropy(colour, dense[0][idx])
+                loss = loss + dense_weight * (soft_cross_entropy(colour, dense[0][idx], plain[idx])
                                               + soft_cross_entropy(shape, dense[1][idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,6 +285,9 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
                               "accuracy": attribute_accuracy(z, split["val"], names, vocab), "clips": len(z),
                               "patch_accuracy": {"colour": patch_accuracy(colour, targets["val"][0]),
                                                  "shape": patch_accuracy(shape, targets["val"][1])}}
+        if "heldout" in data:            # scored only: clips with a colour–shape pair no stage trains on
+            z = head(rearrange(emb["heldout"], "n t d -> n (t d)"))
+            metrics["heldout"] = {"accuracy": attribute_accuracy(z, split["heldout"], names, vocab), "clips": len(z)}
         hazard = {s: torch.tensor([r["hazard"] for r in split[s]]) for s in data}
         if "heldout" in data and hazard["train"].any() and hazard["heldout"].any():
             metrics["hazard_heldout"] = hazard_separation(emb["train"], hazard["train"], emb["heldout"],

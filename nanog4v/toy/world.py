@@ -200,9 +200,11 @@ def object_coordinates(thing: Thing, t: float, size: int, xx: np.ndarray, yy: np
     return u, v
 
 
-def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int = 2) -> np.ndarray:
-    """The clip of a scene: uint8 (T, size, size, 3). Unsaid fields take `complete`'s defaults."""
-    scene, k = complete(scene), supersample
+def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int = 2,
+           palette: dict | None = None) -> np.ndarray:
+    """The clip of a scene: uint8 (T, size, size, 3). Unsaid fields take `complete`'s defaults;
+    `palette` adds colours beyond the world's ({name: (r, g, b)}, stage 0's wider-colour ViT clips)."""
+    scene, k, colours = complete(scene), supersample, {**COLOURS, **(palette or {})}
     grid = (np.arange(size * k, dtype=np.float32) + 0.5) / k            # pixel centres, in output pixels
     yy, xx = np.meshgrid(grid, grid, indexing="ij")                     # (kS, kS) each
     frames = np.empty((num_frames, size, size, 3), np.uint8)
@@ -216,7 +218,7 @@ def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int =
                 stripe = np.floor((u - v) * 2.2).astype(int) % 2        # diagonal bands that turn with it
                 image[mask] = np.asarray(HAZARD_STRIPES, np.float32)[stripe[mask]]
             else:
-                image[mask] = COLOURS[thing.colour]
+                image[mask] = colours[thing.colour]
         frames[i] = image.reshape(size, k, size, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
     return frames
 
