@@ -6,7 +6,9 @@ on the CPU (AVX-512 with bf16 units, or AVX2 only), the dtype, the shape and the
     decoding (one row)   every weight is read once per token, so the kernel that streams memory fastest
                          wins. MKL's fp32 gemv runs on one thread; oneDNN's fused linear uses them all
                          but costs ~15 µs more a call. For bf16, oneDNN repacks the weight on every call
-                         on CPUs with bf16 units; ATen's own gemv (oneDNN off) reads it once.
+                         on CPUs with bf16 units; ATen's own gemv (oneDNN off) reads it once, fast for
+                         short rows, slowly for long ones (LLaMA-7B's down_proj). Our C loop
+                         (cpu_gemv.py) streams both kinds on all threads.
     prefill (many rows)  compute-bound. Without bf16 units a bf16 GEMM runs ~4× slower than an fp32 one
                          (AVX2: ~45 vs ~180 GFLOP/s), so bf16 weights are multiplied in fp32, a block of
                          W converted at a time: bf16's memory, fp32's speed.
@@ -18,6 +20,7 @@ rounding of the fp32 result, as oneDNN does):
     onednn   oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, what torch.compile calls); fp32
     gemv     F.linear with oneDNN switched off for the call: ATen's bf16/fp16 kernels
     upcast   bf16/fp16 W copied UPCAST_BLOCK elements at a time into an fp32 buffer, fp32 GEMM, rounded back
+    c        one row, fp32 or bf16: our C loop (cpu_gemv.py), compiled for this CPU on first use
 
 The choice is measured on the real work, at no extra cost. Calls are grouped by kind — row class (1,
 ≤ 8, ≤ 64, more), W's shape, dtypes, bias, threads. The first calls of a new kind are trials: each is
@@ -42,6 +45,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_gemv
 
 ENABLED = os.environ.get("NANOG4V_PLAIN_LINEAR", "0") != "1"   # False: always plain F.linear
 FORCE: str | None = os.environ.get("NANOG4V_LINEAR_KERNEL") or None   # a kernel's name: no measuring
@@ -97,7 +102,7 @@ def _upcast(x, weight, bias):
     return y.reshape(*x.shape[:-1], N)
 
 
-KERNELS = {"plain": F.linear, "onednn": _onednn, "gemv": _gemv, "upcast": _upcast}
+KERNELS = {"plain": F.linear, "onednn": _onednn, "gemv": _gemv, "upcast": _upcast, "c": cpu_gemv.linear}
 
 
 def applicable(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -106,13 +111,14 @@ def applicable(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
     return {"plain": True,
             "onednn": ONEDNN_LINEAR and x.dtype == weight.dtype == torch.float32,
             "gemv": half,
-            "upcast": half}[name]
+            "upcast": half,
+            "c": cpu_gemv.applicable(x, weight) if name == "c" else False}[name]
 
 
 def candidates(x: torch.Tensor, weight: torch.Tensor) -> list[str]:
-    """The kernels worth timing for this call: gemv for one-row bf16/fp16, upcast for more rows."""
+    """The kernels worth timing for this call: gemv and c for one row, upcast for more rows."""
     one_row = x.numel() == x.shape[-1]
-    names = ["plain", "onednn", "gemv" if one_row else "upcast"]
+    names = ["plain", "onednn", "gemv", "c"] if one_row else ["plain", "onednn", "upcast"]
     return [n for n in names if applicable(n, x, weight)]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanog4v import cpu_linear
+from nanog4v import cpu_gemv, cpu_linear
 from nanog4v.config import LlamaConfig
 from nanog4v.generate import SamplingConfig, generate
 from nanog4v.llama import LLaMA
@@ -52,7 +52,8 @@ def test_every_kernel_gives_f_linears_values(name, dtype, monkeypatch):
             ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
             assert got.shape == ref.shape and got.dtype == dtype and got.is_contiguous()
             assert ((got.float() - ref).abs().max() / ref.abs().max()).item() <= TOL[dtype]
-    assert len(calls) == 2 * len(SHAPES) and torch.backends.mkldnn.enabled
+    served = sum(cpu_linear.applicable(name, torch.ones(shape, dtype=dtype), w) for shape in SHAPES)
+    assert len(calls) == 2 * served > 0 and torch.backends.mkldnn.enabled      # c: one row only, else plain
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
@@ -93,6 +94,13 @@ def test_plain_switch_and_training_are_f_linear_bit_for_bit(monkeypatch):
     assert cpu_linear.choices() == [] and cpu_linear.pending() == 0
 
 
+@pytest.fixture
+def no_c(monkeypatch):
+    """The C kernel out of the running (as on a machine without a compiler)."""
+    monkeypatch.setattr(cpu_gemv, "_lib", None)
+    monkeypatch.setattr(cpu_gemv, "error", "switched off for this test")
+
+
 def slowed(monkeypatch, delays: dict) -> list[str]:
     """Make kernels slower by fixed delays (s): delays[name], or delays[name, W's shape]; returns the log of
     which kernel served each call."""
@@ -109,7 +117,7 @@ def slowed(monkeypatch, delays: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("slow,expect", [("plain", "onednn"), ("onednn", "plain")])
-def test_chooser_serves_real_calls_as_trials_then_keeps_the_fastest(slow, expect, monkeypatch):
+def test_chooser_serves_real_calls_as_trials_then_keeps_the_fastest(slow, expect, monkeypatch, no_c):
     """fp32: plain and onednn take turns on the first 2 × ROUNDS calls of a kind; the fastest serves the
     rest; each call's result is F.linear's whoever served it; another kind (more rows) is tried anew."""
     served = slowed(monkeypatch, {"plain": 0.0, "onednn": 0.0, slow: 0.02})
@@ -128,7 +136,7 @@ def test_chooser_serves_real_calls_as_trials_then_keeps_the_fastest(slow, expect
     assert choice["us_per_row"][slow] > 2e4 > choice["us_per_row"][expect]
 
 
-def test_ties_go_to_the_familys_kernel(monkeypatch):
+def test_ties_go_to_the_familys_kernel(monkeypatch, no_c):
     """One-row fp32 family: the big matrix is clearly faster on onednn, so the small one, whose onednn is
     5 % slower than plain (a tie), takes onednn too; in a family led by plain, a tie takes plain."""
     big, small, odd = (400, 96), (50, 96), (60, 96)
@@ -156,9 +164,57 @@ def test_ties_go_to_the_familys_kernel(monkeypatch):
 def test_row_classes():
     assert [cpu_linear.row_class(r) for r in (1, 2, 8, 9, 64, 65, 4096)] == [1, 8, 8, 64, 64, "more", "more"]
     x16, w16 = torch.ones(1, 4, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16)
-    assert cpu_linear.candidates(x16, w16) == ["plain", "gemv"]
-    assert "upcast" in cpu_linear.candidates(x16.expand(5, 4), w16)
-    assert "gemv" not in cpu_linear.candidates(x16.float(), w16.float())
+    c = ["c"] if cpu_gemv.available() else []
+    assert cpu_linear.candidates(x16, w16) == ["plain", "gemv", *c]
+    assert cpu_linear.candidates(x16.expand(5, 4), w16) == ["plain", "upcast"]
+    assert cpu_linear.candidates(x16.float(), w16.float()) == ["plain", *(["onednn"] * cpu_linear.ONEDNN_LINEAR), *c]
+    assert "c" not in cpu_linear.candidates(x16.half(), w16.half())          # fp16: no C kernel
+
+
+needs_c = pytest.mark.skipif(not cpu_gemv.available(), reason=f"no C kernel here: {cpu_gemv.error}")
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_c_kernel_rounds_the_fp32_product_once_and_can_win_the_trials(dtype, monkeypatch):
+    """The C loop = the fp32 product (bias added in fp32) rounded once to the dtype, for row counts that
+    are and are not multiples of its 8-row blocks; the chooser times it for one row and keeps it when it is
+    the fastest; a non-contiguous W is not its to serve."""
+    torch.manual_seed(2)
+    for n in (1, 3, 8, 301):
+        x, w, b = torch.randn(1, 257).to(dtype), torch.randn(n, 257).to(dtype), torch.randn(n).to(dtype)
+        ref = F.linear(x.float(), w.float()) + b.float()
+        got = cpu_gemv.linear(x, w, b)
+        assert got.dtype == dtype and got.shape == (1, n)
+        assert bool(((got.float() - ref).abs() <= torch.finfo(dtype).eps * ref.abs() + 1e-4).all())
+    assert not cpu_gemv.applicable(x, w.t().contiguous().t())
+    served = slowed(monkeypatch, {"plain": 0.02, "onednn": 0.02, "gemv": 0.02, "c": 0.0})
+    with torch.inference_mode():
+        for _ in range(4 * cpu_linear.ROUNDS):
+            cpu_linear.linear(torch.randn(1, 257).to(dtype), w)
+    assert served.count("c") > cpu_linear.ROUNDS and [c["kernel"] for c in cpu_linear.choices()] == ["c"]
+
+
+def test_c_kernel_without_a_compiler_is_unavailable_and_is_built_once(monkeypatch, tmp_path):
+    """No compiler: available() is False with the reason, and no call picks the kernel. With one, the
+    library is built into NANOG4V_CACHE once; a later process loads it without compiling."""
+    x, w = torch.randn(1, 8), torch.randn(5, 8)
+    with monkeypatch.context() as m:
+        m.setattr(cpu_gemv, "_lib", None)
+        m.setattr(cpu_gemv, "error", None)
+        m.setattr(cpu_gemv.shutil, "which", lambda *a, **k: None)
+        assert not cpu_gemv.available() and "no C compiler" in cpu_gemv.error
+        assert cpu_linear.candidates(x, w) == ["plain", *(["onednn"] * cpu_linear.ONEDNN_LINEAR)]
+    if not cpu_gemv.available():
+        pytest.skip(f"no C kernel here: {cpu_gemv.error}")
+    monkeypatch.setenv("NANOG4V_CACHE", str(tmp_path))
+    for compiler_runs in (True, False):                    # first built, then loaded from the cache
+        monkeypatch.setattr(cpu_gemv, "_lib", None)
+        monkeypatch.setattr(cpu_gemv, "error", None)
+        if not compiler_runs:
+            monkeypatch.setattr(cpu_gemv.subprocess, "run", lambda *a, **k: pytest.fail("compiled twice"))
+        assert cpu_gemv.available() and len(list(tmp_path.glob("cpu_gemv-*.so"))) == 1
+        assert torch.allclose(cpu_gemv.linear(x, w), F.linear(x, w), atol=1e-5)
 
 
 def test_greedy_tokens_equal_the_plain_path_in_fp32(monkeypatch):
@@ -174,5 +230,6 @@ def test_greedy_tokens_equal_the_plain_path_in_fp32(monkeypatch):
     plain = tokens()
     monkeypatch.setattr(cpu_linear, "ENABLED", True)
     assert tokens() == plain and cpu_linear.choices()                  # the chooser, trials included
-    monkeypatch.setattr(cpu_linear, "FORCE", "onednn")
-    assert tokens() == plain
+    for forced in ("onednn", "c"):                                      # c where it builds, else plain
+        monkeypatch.setattr(cpu_linear, "FORCE", forced)
+        assert tokens() == plain
