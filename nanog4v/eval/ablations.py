@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                    help=f"variants to run (default: all): {', '.join(VARIANTS)}")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 8 for stage 1, 3 for stage 2)")
     p.add_argument("--limit", type=int, help="held-out questions (and show turns) scored per run (default: all; "
-                   "the shipped world's 1,266 give one standard error ≈ 1.3 points overall)")
+                   "the shipped world's 1,266 give one standard error ≈ 1.4 points overall)")
     p.add_argument("--data", type=Path, help="score on this toy world's held-out split (default: CKPT/toyworld)")
     args = p.parse_args(argv)
     try:
