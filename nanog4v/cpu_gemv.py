@@ -116,7 +116,7 @@ def _build() -> ctypes.CDLL:
                 if run.returncode == 0:
                     break
             else:
-                raise OSError(f"{cc} failed: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
+                raise OSError(f"{cc} failed: {(run.stderr.strip().splitlines() or [f'exit {run.returncode}'])[-1]}")
             os.replace(out, lib)                          # atomic: another process never loads half a file
     dll = ctypes.CDLL(str(lib))
     for name in ("gemv_f32", "gemv_bf16"):
