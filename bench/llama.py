@@ -22,8 +22,8 @@ Targets: decode ≥ 1.5× transformers and ≥ 70 % of the limit, prefill ≥ 1.
 The first line says where it ran: torch.backends.cpu.get_cpu_capability() (AVX512, AVX2, ...), the CPU,
 and the ISA-limiting variables if set — `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2` makes an AVX-512 machine run PyTorch's, oneDNN's and MKL's AVX2 code (an
-emulated AVX2 machine: its kernels, this machine's memory). The last table is what nanog4v.cpu_linear
-chose for each kind of matmul on this machine.
+emulated AVX2 machine: its kernels, this machine's memory). The last tables are what nanog4v.cpu_linear
+chose for each kind of matmul on this machine, and how nanog4v.cpu_decode's C decode step runs each product.
 
 On a CPU shared with other work, use `--threads 1` (or fewer threads than idle cores): an OpenMP
 team whose threads get descheduled makes every small op wait, and both sides' numbers become noise.
@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llama7b import EMULATION_VARS, cpu_model, read_bandwidth  # noqa: E402  (bench/llama7b.py's helpers)
+from llama7b import EMULATION_VARS, cpu_model, print_decode_choices, read_bandwidth  # noqa: E402  (bench/llama7b.py's)
 from nanog4v import cpu_linear  # noqa: E402
 from nanog4v.generate import SamplingConfig, generate  # noqa: E402
 from nanog4v.weights import load_llama  # noqa: E402
@@ -195,6 +195,7 @@ def main(argv=None) -> None:
     for c in cpu_linear.choices():
         times = ", ".join(f"{k} {v:g}" for k, v in c["us_per_row"].items())
         print(f"| {c['rows']} | {c['shape'][0]}×{c['shape'][1]} | {c['dtype']} | {c['kernel']} | {times} |")
+    print_decode_choices()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from nanog4v import cpu_linear  # noqa: E402
+from nanog4v import cpu_decode, cpu_linear  # noqa: E402
 from nanog4v.config import preset  # noqa: E402
 from nanog4v.generate import SamplingConfig, generate  # noqa: E402
 from nanog4v.llama import LLaMA  # noqa: E402
@@ -260,6 +260,18 @@ def print_choices(users: dict[tuple, str]) -> None:
               f"({cpu_linear.ROUNDS} per candidate); not listed |")
 
 
+def print_decode_choices() -> None:
+    """nanog4v.cpu_decode's decisions: rows of W a block in each product of the C decode step."""
+    print("\n| cpu_decode (the decode step's layers in C): layer shapes (dim, heads, kv heads, head dim, hidden) "
+          "| dtype | each product's rows of W a block (best µs of its trials with 8 / 1) |")
+    print("| --- | --- | --- |")
+    for c in cpu_decode.choices():
+        rows = ", ".join(f"{role} **{r}** ({us[8]:g} / {us[1]:g})" for role, (r, us) in c["rows"].items())
+        print(f"| {c['shapes']} | {c['dtype']} | {rows} |")
+    if not cpu_decode.choices():
+        why = cpu_decode.error or ("off (NANOG4V_PLAIN_DECODE=1)" if not cpu_decode.ENABLED else "no decision yet")
+        print(f"| | | none: {why} |")
+
 def linear_users(model) -> dict[tuple, str]:
     """W's shape -> the names (last part) of the model's Linear modules with that shape."""
     users: dict[tuple, list[str]] = {}
@@ -335,6 +347,7 @@ def measure(path: Path, n_new: int, n_prompt: int, device: str, compare: str) ->
     for what, value in rows:
         print(f"| {what} | {value} |")
     print_choices(users)
+    print_decode_choices()
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ rounding of the fp32 result, as oneDNN does):
     onednn   oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, what torch.compile calls); fp32
     gemv     F.linear with oneDNN switched off for the call: ATen's bf16/fp16 kernels
     upcast   bf16/fp16 W copied UPCAST_BLOCK elements at a time into an fp32 buffer, fp32 GEMM, rounded back
-    c        one row, fp32 or bf16: our C loop (cpu_gemv.py), compiled for this CPU on first use
+    c        one row, fp32 or bf16: our C loop (cpu_gemv.py), 8 rows of W a block, compiled on first use
+    c1       the same loop row by row (one sequential stream of W: short rows)
 
 The choice is measured on the real work, at no extra cost. Calls are grouped by kind — row class (1,
 ≤ 8, ≤ 64, more), W's shape, dtypes, bias, threads. The first calls of a new kind are trials: each is
@@ -102,12 +103,13 @@ def _upcast(x, weight, bias):
     return y.reshape(*x.shape[:-1], N)
 
 
-KERNELS = {"plain": F.linear, "onednn": _onednn, "gemv": _gemv, "upcast": _upcast, "c": cpu_gemv.linear}
+KERNELS = {"plain": F.linear, "onednn": _onednn, "gemv": _gemv, "upcast": _upcast, "c": cpu_gemv.linear,
+           "c1": cpu_gemv.linear1}
 
 
 def applicable(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Can kernel `name` compute this product here (same values as F.linear)?"""
-    if name == "c":                                  # (asked only for c: it compiles on its first use)
+    if name in ("c", "c1"):                          # (asked only for these: they compile on first use)
         return cpu_gemv.applicable(x, weight)
     half = x.dtype in HALF and weight.dtype == x.dtype
     return {"plain": True,
@@ -117,9 +119,9 @@ def applicable(name: str, x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def candidates(x: torch.Tensor, weight: torch.Tensor) -> list[str]:
-    """The kernels worth timing for this call: gemv and c for one row, upcast for more rows."""
+    """The kernels worth timing for this call: gemv, c and c1 for one row, upcast for more rows."""
     one_row = x.numel() == x.shape[-1]
-    names = ["plain", "onednn", "gemv", "c"] if one_row else ["plain", "onednn", "upcast"]
+    names = ["plain", "onednn", "gemv", "c", "c1"] if one_row else ["plain", "onednn", "upcast"]
     return [n for n in names if applicable(n, x, weight)]
 
 

@@ -9,7 +9,9 @@ Module and parameter names are the Hugging Face `LlamaForCausalLM` names without
 (`embed_tokens`, `layers.3.self_attn.q_proj`, ..., `norm`, `lm_head`), so an official checkpoint
 loads by stripping that prefix (`nanog4v.weights.load_llama`), LoRA targets read like peft's, and
 `save_llama` writes back what transformers reads. Every matrix is a `cpu_linear.Linear`: an `nn.Linear`
-whose CPU inference runs the kernel measured fastest on this machine (same parameters, same values).
+whose CPU inference runs the kernel measured fastest on this machine (same parameters, same values). A
+decode step of one token on the CPU runs all the layers below in one C call (`cpu_decode.py`, the same
+arithmetic without PyTorch's per-op cost); this file stays the definition.
 
 A forward can start from token ids or from input embeddings (GPT4Video splices its 65 video tokens
 into the prompt as embeddings), at any `start_pos`, with an optional padding mask. With a KV cache
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import cpu_decode
 from .config import LlamaConfig
 from .cpu_linear import Linear
 
@@ -263,8 +266,12 @@ class LLaMA(nn.Module):
         cached = self.has_cache
         positions, mask = self._positions_and_mask(B, L, start_pos, attention_mask, cached, h.device)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)  # (B, L, d)
-        for layer in self.layers:
-            h = layer(h, cos, sin, mask, start_pos)                      # (B, L, D)
+        out = cpu_decode.layers(self.layers, h, cos, sin, mask, start_pos)   # one new token on a CPU: in C
+        if out is not None:
+            h = out                                                      # (1, 1, D)
+        else:
+            for layer in self.layers:
+                h = layer(h, cos, sin, mask, start_pos)                  # (B, L, D)
         if last_only:
             h = h[:, -1:]                                                # (B, 1, D)
         return self.lm_head(self.norm(h)).float()                        # (B, L, V)

@@ -164,11 +164,11 @@ def test_ties_go_to_the_familys_kernel(monkeypatch, no_c):
 def test_row_classes():
     assert [cpu_linear.row_class(r) for r in (1, 2, 8, 9, 64, 65, 4096)] == [1, 8, 8, 64, 64, "more", "more"]
     x16, w16 = torch.ones(1, 4, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16)
-    c = ["c"] if cpu_gemv.available() else []
+    c = ["c", "c1"] if cpu_gemv.available() else []
     assert cpu_linear.candidates(x16, w16) == ["plain", "gemv", *c]
     assert cpu_linear.candidates(x16.expand(5, 4), w16) == ["plain", "upcast"]
     assert cpu_linear.candidates(x16.float(), w16.float()) == ["plain", *(["onednn"] * cpu_linear.ONEDNN_LINEAR), *c]
-    assert "c" not in cpu_linear.candidates(x16.half(), w16.half())          # fp16: no C kernel
+    assert not {"c", "c1"} & set(cpu_linear.candidates(x16.half(), w16.half()))   # fp16: no C kernel
 
 
 needs_c = pytest.mark.skipif(not cpu_gemv.available(), reason=f"no C kernel here: {cpu_gemv.error}")
@@ -177,20 +177,21 @@ needs_c = pytest.mark.skipif(not cpu_gemv.available(), reason=f"no C kernel here
 @needs_c
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_c_kernel_rounds_the_fp32_product_once_and_can_win_the_trials(dtype, monkeypatch):
-    """The C loop = the fp32 product (bias added in fp32) rounded once to the dtype, for row counts that
-    are and are not multiples of its 8-row blocks; the chooser times it for one row and keeps it when it is
-    the fastest; a non-contiguous W is not its to serve."""
+    """The C loops (8 rows a block, and row by row) = the fp32 product (bias added in fp32) rounded once to
+    the dtype, for row counts that are and are not multiples of 8; the chooser times them for one row and
+    keeps c when it is the fastest; a non-contiguous W is not theirs to serve."""
     torch.manual_seed(2)
     for n in (1, 3, 8, 301):
         x, w, b = torch.randn(1, 257).to(dtype), torch.randn(n, 257).to(dtype), torch.randn(n).to(dtype)
         ref = F.linear(x.float(), w.float()) + b.float()
-        got = cpu_gemv.linear(x, w, b)
-        assert got.dtype == dtype and got.shape == (1, n)
-        assert bool(((got.float() - ref).abs() <= torch.finfo(dtype).eps * ref.abs() + 1e-4).all())
+        for rows in (8, 1):
+            got = cpu_gemv.linear(x, w, b, rows=rows)
+            assert got.dtype == dtype and got.shape == (1, n)
+            assert bool(((got.float() - ref).abs() <= torch.finfo(dtype).eps * ref.abs() + 1e-4).all())
     assert not cpu_gemv.applicable(x, w.t().contiguous().t())
-    served = slowed(monkeypatch, {"plain": 0.02, "onednn": 0.02, "gemv": 0.02, "c": 0.0})
+    served = slowed(monkeypatch, {"plain": 0.02, "onednn": 0.02, "gemv": 0.02, "c1": 0.02, "c": 0.0})
     with torch.inference_mode():
-        for _ in range(4 * cpu_linear.ROUNDS):
+        for _ in range(7 * cpu_linear.ROUNDS):                       # 5 candidates' trials, then c
             cpu_linear.linear(torch.randn(1, 257).to(dtype), w)
     assert served.count("c") > cpu_linear.ROUNDS and [c["kernel"] for c in cpu_linear.choices()] == ["c"]
 
@@ -230,6 +231,6 @@ def test_greedy_tokens_equal_the_plain_path_in_fp32(monkeypatch):
     plain = tokens()
     monkeypatch.setattr(cpu_linear, "ENABLED", True)
     assert tokens() == plain and cpu_linear.choices()                  # the chooser, trials included
-    for forced in ("onednn", "c"):                                      # c where it builds, else plain
+    for forced in ("onednn", "c", "c1"):                                # c, c1 where they build, else plain
         monkeypatch.setattr(cpu_linear, "FORCE", forced)
         assert tokens() == plain
