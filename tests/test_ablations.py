@@ -59,3 +59,19 @@ def test_an_unknown_checkpoint_is_one_error_line(tmp_path, capsys):
     assert err.startswith("error: ") and "stage1_heldout.json: missing" in err and "\n" not in err
     assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --limit: must be a finite number >= 1, not 0"
+
+
+def test_a_world_with_other_held_out_pairs_is_refused(ckpt, tmp_path, capsys):
+    """--data must hold out the checkpoint's pairs (a world of another seed holds out pairs it trained on)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in (ckpt / "toyworld").iterdir():
+        if f.is_file():
+            (other / f.name).write_bytes(f.read_bytes())
+    world = json.loads((other / "world.json").read_text())
+    world["heldout_pairs"] = [["red", "circle"]]
+    (other / "world.json").write_text(json.dumps(world))
+    assert ablations.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"), "--only", "N=4", "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {other / 'world.json'}: held-out pairs [['red', 'circle']] are not the checkpoint's")
+    assert "\n" not in err and not (tmp_path / "o").exists()

@@ -21,8 +21,10 @@ variant: settings, wall time, final loss, the scores) and a markdown table on st
 Every accuracy is given with its standard error, √(p(1 − p)/n): two variants whose scores differ by less
 than about two of them are not told apart. One standard error ≤ 1.5 points needs n ≳ 1,100 questions of
 the kind compared (motion, colour, count each make a seventh to a fifth of the QA), more than one world's
-held-out split holds; `--data` scores on the held-out split of a larger world rendered with another seed
-(`python -m nanog4v.toy --out DIR --n N --seed S`; training still reads the checkpoint's own world).
+held-out split holds; `--data` scores on the held-out split of a larger world rendered with the checkpoint
+world's seed, so that it holds out the same colour–shape pairs (`python -m nanog4v.toy --out DIR --n 16000
+--seed 0` for weights/nano: ≈ 10,000 questions, ≥ 1,076 of each type; training still reads the checkpoint's
+own world).
 """
 from __future__ import annotations
 
@@ -128,6 +130,10 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int | Non
     data = Path(data) if data is not None else ckpt / "toyworld"
     for world in {ckpt / "toyworld", data}:         # fail early, naming the file, if a world is missing
         held_out(world)
+    ours, theirs = (json.loads((w / "world.json").read_text())["heldout_pairs"] for w in (ckpt / "toyworld", data))
+    if ours != theirs:      # another seed holds out other pairs: pairs the checkpoint trained on would be "held out"
+        raise ValueError(f"{data / 'world.json'}: held-out pairs {theirs} are not the checkpoint's {ours}; render "
+                         f"the larger world with the checkpoint world's --seed")
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for name in names:
         family, stage, changes = VARIANTS[name]
@@ -179,7 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs per run (the shipped recipe: 8 for stage 1, 3 for stage 2)")
     p.add_argument("--limit", type=int, help="held-out questions (and show turns) scored per run (default: all; "
                    "the shipped world's 1,266 give one standard error ≈ 1.4 points overall)")
-    p.add_argument("--data", type=Path, help="score on this toy world's held-out split (default: CKPT/toyworld)")
+    p.add_argument("--data", type=Path, help="score on this toy world's held-out split (default: CKPT/toyworld); "
+                   "render it with the checkpoint world's --seed: the same held-out pairs")
     args = p.parse_args(argv)
     try:
         problem = number_flag_problem(args, {"limit": (1, None, True), "epochs": (1, None, True)})
