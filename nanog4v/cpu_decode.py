@@ -250,7 +250,7 @@ def applicable(block, x: torch.Tensor, mask, start_pos) -> bool:
     if parts is None or parts[2] is None:
         return False
     weights, norms, cache = parts
-    return (start_pos < cache.k.shape[2] and all(t.dtype == x.dtype for t in [*weights, *norms, cache.k])
+    return (0 <= start_pos < cache.k.shape[2] and all(t.dtype == x.dtype for t in [*weights, *norms, cache.k])
             and all(t.is_contiguous() for t in [*weights, cache.k]) and available())
 
 
@@ -338,7 +338,7 @@ def layers(blocks, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask, 
         if len(shapes) != 1 or not all(applicable(block, x, mask, start_pos) for block in blocks):
             return None
         plan = _plans[blocks] = _Plan(key, blocks, parts, x.dtype)
-    if start_pos >= plan.max_seq or cos.dtype != x.dtype or not (cos.is_contiguous() and sin.is_contiguous()):
+    if not 0 <= start_pos < plan.max_seq or cos.dtype != x.dtype or not (cos.is_contiguous() and sin.is_contiguous()):
         return None                                                        # (the PyTorch path raises the error)
     rows = _rows(plan.kind)
     x = x.contiguous()

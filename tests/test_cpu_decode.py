@@ -106,6 +106,7 @@ def test_steps_aside_for_what_it_does_not_cover(monkeypatch):
         assert cpu_decode.layers(blocks, x, cos, sin, torch.ones(1, 1, 1, 4, dtype=torch.bool), 3) is None
         assert cpu_decode.layers(blocks, x, cos, sin, None, torch.tensor([3])) is None      # static step
         assert cpu_decode.layers(blocks, x, cos, sin, None, 16) is None                     # past the cache
+        assert cpu_decode.layers(blocks, x, cos, sin, None, -1) is None                     # before it
         assert cpu_decode.layers(blocks, x.half(), cos, sin, None, 3) is None               # fp16
     assert cpu_decode.layers(blocks, x, cos, sin, None, 3) is None                          # autograd on
     monkeypatch.setattr(cpu_linear, "ENABLED", False)
