@@ -150,11 +150,7 @@ def compile_library(stem: str, source: str) -> ctypes.CDLL:
             else:
                 raise OSError(f"{cc} failed: {(run.stderr.strip().splitlines() or [f'exit {run.returncode}'])[-1]}")
             os.replace(out, lib)                          # atomic: another process never loads half a file
-    dll = ctypes.CDLL(str(lib))
-    for name in GEMVS:
-        getattr(dll, name).argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-        getattr(dll, name).restype = None
-    return dll
+    return ctypes.CDLL(str(lib))
 
 
 def available() -> bool:
@@ -163,6 +159,9 @@ def available() -> bool:
     if _lib is None and error is None:
         try:
             _lib = compile_library("cpu_gemv", SOURCE)
+            for name in GEMVS:
+                getattr(_lib, name).argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+                getattr(_lib, name).restype = None
         except OSError as e:
             error = str(e)
     return _lib is not None

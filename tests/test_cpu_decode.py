@@ -147,16 +147,22 @@ def test_without_a_compiler_it_is_unavailable_and_decoding_still_works(monkeypat
 
 
 def test_a_new_cache_of_another_length_gets_new_arguments(monkeypatch):
-    """The C step writes the cache at (kv head · max_seq + pos) · head_dim: a cache set up again with another
-    length must be seen as new even where it reuses the old one's memory (the plan's key has shapes)."""
+    """The C step writes the cache at (kv head · max_seq + pos) · head_dim: a cache of another length at the
+    *same* address (as a new cache reusing a freed one's memory) must be seen as new (the key has shapes)."""
     model, tokens = tiny(), torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
     monkeypatch.setattr(cpu_decode, "ENABLED", False)
     ref = decode(model, tokens)[0]
     monkeypatch.setattr(cpu_decode, "ENABLED", True)
+    model.setup_cache(1, 40)
+    full = [(layer.self_attn.cache.k, layer.self_attn.cache.v) for layer in model.layers]
     for length in (40, 12, 40, 9):
-        model.setup_cache(1, length)
+        for layer, kv in zip(model.layers, full):                    # same memory, another length
+            cache = layer.self_attn.cache
+            cache.k, cache.v = (t.view(-1)[:t.shape[1] * length * t.shape[3]].view(1, t.shape[1], length, t.shape[3])
+                                for t in kv)
+        k0 = model.layers[0].self_attn.cache.k
         with torch.inference_mode():
             model(tokens[:, :7], start_pos=0)
             got = torch.cat([model(tokens[:, i:i + 1], start_pos=i) for i in (7, 8)], 1)
-        assert cpu_decode._plans[model.layers].max_seq == length
+        assert k0.data_ptr() == full[0][0].data_ptr() and cpu_decode._plans[model.layers].max_seq == length
         assert (got - ref).abs().max() <= TOL[torch.float32] * ref.abs().max()
