@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 
 from nanog4v import safetensors_io
 from nanog4v.config import LlamaConfig
-from nanog4v.llama import LLaMA, apply_rope, rope_cos_sin
+from nanog4v import llama
+from nanog4v.llama import LLaMA, apply_rope, causal_attention, rope_cos_sin
 from nanog4v.weights import CheckpointError, load_llama, save_llama
 
 transformers = pytest.importorskip("transformers")
@@ -200,6 +201,36 @@ def test_bf16_decoding_matches_fp32_and_restores_onednn():
     err = max_diff(steps, ref)
     print(f"bf16 KV-cache decode vs fp32: max |diff| = {err:.2e} (logits up to {ref.abs().max():.2f})")
     assert err <= 0.05 and torch.backends.mkldnn.enabled
+
+
+@pytest.mark.parametrize("L", [320, 350])                    # whole blocks, and a short last one
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])           # MHA and GQA
+def test_blocked_causal_attention_equals_sdpa(L, heads, monkeypatch):
+    """A long prompt's attention on the CPU runs in query blocks, each over the keys it may see: the
+    values of one causal SDPA call (fp32 up to the order of the sums; bf16 within its rounding)."""
+    H, Hkv = heads
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, H, L, 16, generator=g), *torch.randn(2, 2, Hkv, L, 16, generator=g)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    ref = sdpa(q, k, v, is_causal=True, enable_gqa=H != Hkv)
+    calls = []
+    monkeypatch.setattr(llama.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(a[0].shape[2]) or sdpa(*a, **kw))
+    with torch.no_grad():
+        out = causal_attention(q, k, v, H != Hkv)
+        half = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), H != Hkv)
+    blocks = [min(llama.PREFILL_BLOCK, L - s) for s in range(0, L, llama.PREFILL_BLOCK)]
+    assert calls == blocks * 2                                        # one SDPA call per block of queries
+    with torch.enable_grad():                                      # training: one SDPA call, as before
+        assert torch.equal(causal_attention(q, k, v, H != Hkv), ref)
+    print(f"blocked vs SDPA: fp32 {max_diff(out, ref):.1e}, bf16 {max_diff(half.float(), ref):.1e}")
+    assert L >= llama.BLOCKED_FROM and max_diff(out, ref) <= 1e-5 and max_diff(half.float(), ref) <= 3e-2
+    # each block saw no key after its queries: changing the last key moves only the last query's output
+    k2 = k.clone()
+    k2[:, :, -1] += 1
+    with torch.no_grad():
+        moved = (causal_attention(q, k2, v, H != Hkv) != out).any(-1)     # (2, H, L)
+    assert moved[..., -1].all() and not moved[..., :-1].any()
 
 
 def test_kv_cache_greedy_tokens_equal_recompute():
