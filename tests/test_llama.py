@@ -5,9 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nanog4v import safetensors_io
+from nanog4v import llama, safetensors_io
 from nanog4v.config import LlamaConfig
-from nanog4v import llama
 from nanog4v.llama import LLaMA, apply_rope, causal_attention, rope_cos_sin
 from nanog4v.weights import CheckpointError, load_llama, save_llama
 
@@ -221,7 +220,7 @@ def test_blocked_causal_attention_equals_sdpa(L, heads, monkeypatch):
         half = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), H != Hkv)
     blocks = [min(llama.PREFILL_BLOCK, L - s) for s in range(0, L, llama.PREFILL_BLOCK)]
     assert calls == blocks * 2                                        # one SDPA call per block of queries
-    with torch.enable_grad():                                      # training: one SDPA call, as before
+    with torch.enable_grad():                                         # training: one SDPA call, as before
         assert torch.equal(causal_attention(q, k, v, H != Hkv), ref)
     print(f"blocked vs SDPA: fp32 {max_diff(out, ref):.1e}, bf16 {max_diff(half.float(), ref):.1e}")
     assert L >= llama.BLOCKED_FROM and max_diff(out, ref) <= 1e-5 and max_diff(half.float(), ref) <= 3e-2
