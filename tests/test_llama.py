@@ -221,7 +221,7 @@ def test_blocked_causal_attention_equals_sdpa(L, heads, monkeypatch):
     blocks = [min(llama.PREFILL_BLOCK, L - s) for s in range(0, L, llama.PREFILL_BLOCK)]
     assert calls == blocks * 2                                        # one SDPA call per block of queries
     with torch.enable_grad():                                         # training: one SDPA call, as before
-        assert torch.equal(causal_attention(q, k, v, H != Hkv), ref)
+        assert torch.equal(causal_attention(q, k, v, H != Hkv), ref) and calls[len(blocks) * 2:] == [L]
     print(f"blocked vs SDPA: fp32 {max_diff(out, ref):.1e}, bf16 {max_diff(half.float(), ref):.1e}")
     assert L >= llama.BLOCKED_FROM and max_diff(out, ref) <= 1e-5 and max_diff(half.float(), ref) <= 3e-2
     # each block saw no key after its queries: changing the last key moves only the last query's output
