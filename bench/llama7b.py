@@ -262,7 +262,7 @@ def print_choices(users: dict[tuple, str]) -> None:
 
 def print_decode_choices() -> None:
     """nanog4v.cpu_decode's decisions: rows of W a block in each product of the C decode step."""
-    print("\n| cpu_decode (the decode step's layers in C): layer shapes (dim, heads, kv heads, head dim, hidden) "
+    print("\n| cpu_decode (the decode step in C): shapes (dim, heads, kv heads, head dim, hidden, vocab) "
           "| dtype | each product's rows of W a block (best µs of its trials with 8 / 1) |")
     print("| --- | --- | --- |")
     for c in cpu_decode.choices():

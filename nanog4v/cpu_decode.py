@@ -1,34 +1,42 @@
-"""The decoder layers' step for one new token, written in C: a decode step with nothing left but the work.
+"""The decode step of one new token, written in C: the layers, the final norm and the LM head, nothing else.
 
 A batch-1 decode step reads every weight once, so at the memory's limit a 134M-parameter LLaMA in bf16
 takes ~7 ms a token on a 2-core machine that reads ~32 GB/s. Run op by op in PyTorch the same step took
 ~13 ms: the 7 products of each layer ~8 ms of it, and the rest was the other ~30 small ops a layer (two
 RMSNorms, RoPE, the cache write, attention, SiLU, the residual adds, the reshapes), each a few µs of
-dispatch on a vector of 768 numbers. Here every layer of llama.py's `Block` runs in one C call, as
-llama2.c writes it:
+dispatch on a vector of 768 numbers. Here every layer of llama.py's `Block`, then its final RMSNorm and LM
+head, run in one C call, as llama2.c writes it:
 
-    x = h                                                   the residual stream, fp32 inside
+    x = E[token]  (or the given input embedding)            the residual stream, fp32 inside
     for each layer:
         n = RMSNorm(x) · g_attn
         q, k, v = W_q n, W_k n, W_v n                       cpu_gemv's loops, on all threads
-        q, k = RoPE(q), RoPE(k);  cache[pos] = k, v
+        q, k = RoPE(q), RoPE(k);  cache[pos] = k, v         cos, sin: a table of every cache position
         a = softmax(q Kᵀ / √d) V    per head over positions 0 … pos (GQA: head h reads kv head h // group)
         x = x + W_o a
         n = RMSNorm(x) · g_mlp
         x = x + W_down (SiLU(W_gate n) ⊙ W_up n)
+    logits = W_head (RMSNorm(x) · g_final)                  fp32 out (bf16 values in a bf16 model)
 
 In a bf16 model every intermediate that PyTorch would store as a bf16 tensor is rounded to bf16 at the
-same place here (round to nearest even), so the C step computes what `Block.forward` computes up to the
+same place here (round to nearest even), so the C step computes what `LLaMA.forward` computes up to the
 order of the sums inside products, norms and attention (tests/test_cpu_decode.py). Each product runs 8
 rows of W a block or row by row (`cpu_gemv`): the first steps of a model try both and time every product,
-then each of the seven keeps the faster (`choices()`): measured, as `cpu_linear` chooses its kernels.
+then each of the eight (a layer's seven and the head) keeps the faster (`choices()`): measured, as
+`cpu_linear` chooses its kernels. The embedding row, the RoPE angles (llama.py's `rope_cos_sin` of every
+position, computed once per KV cache) and the head are in the call as well: run by PyTorch around it, the
+head read its 49 MB (134M, bf16) slower than the layers' products stream, and the ~20 small ops (embedding,
+positions, angles, final norm, the head's dispatch) ran on caches the weights had just flushed: ~0.6 ms of
+an ~8 ms bf16 step. Against the layers-only call, old / new ms a token paired in one process: bf16 1.15×,
+fp32 1.13× (bench/RESULTS.md).
 
-`LLaMA.forward` calls `layers` for every forward; it answers None, and PyTorch's layers run, unless the
-call is one new token of one row at an int position inside the KV cache, without a mask, in inference on
-the CPU, fp32 or bf16 throughout, with plain `cpu_linear.Linear` matrices (a LoRA-wrapped layer, training,
-a GPU, torch.compile, batches and prefill all take PyTorch's path). Switches: `cpu_decode.ENABLED = False`
-(or NANOG4V_PLAIN_DECODE=1 at import); `cpu_linear.ENABLED = False` turns it off too; `FORCE_ROWS = 1 or
-8` skips the timing.
+`LLaMA.forward` calls `step` first; it answers None, and PyTorch's forward runs, unless the call is one new
+token of one row at an int position inside the KV caches, without a mask, in inference on the CPU, fp32 or
+bf16 throughout, with plain `cpu_linear.Linear` matrices and one norm eps (a LoRA-wrapped layer or head,
+training, a GPU, torch.compile, batches and prefill all take PyTorch's path). The C arguments are kept
+between steps (`_Plan`) and rebuilt when a tensor moved or a module was swapped; the scalars (eps, RoPE's
+θ) are read when they are built. Switches: `cpu_decode.ENABLED = False` (or NANOG4V_PLAIN_DECODE=1 at
+import); `cpu_linear.ENABLED = False` turns it off too; `FORCE_ROWS = 1 or 8` skips the timing.
 """
 from __future__ import annotations
 
@@ -76,16 +84,20 @@ static inline void store(const Layer *L, void *p, int64_t i, float v) {
 }
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 
-/* y (N) = W_i x (K), rounded as a stored tensor */
-static void product(Layer *L, int i, const float *x, float *y, int64_t N, int64_t K) {
+/* y (N) = W x (K) with `rows` rows of W a block, rounded as a stored tensor; its time added to *seconds */
+static void matvec(const Layer *L, const void *W, int32_t rows, const float *x, float *y, int64_t N, int64_t K,
+                   double *seconds) {
     double start = now();
-    if (L->bf16) (L->rows[i] == 1 ? gemv1_bf16 : gemv_bf16)(L->w[i], x, y, N, K, L->threads);
-    else (L->rows[i] == 1 ? gemv1_f32 : gemv_f32)(L->w[i], x, y, N, K, L->threads);
-    L->seconds[i] += now() - start;
+    if (L->bf16) (rows == 1 ? gemv1_bf16 : gemv_bf16)(W, x, y, N, K, L->threads);
+    else (rows == 1 ? gemv1_f32 : gemv_f32)(W, x, y, N, K, L->threads);
+    *seconds += now() - start;
     if (L->bf16) {
         #pragma omp simd
         for (int64_t n = 0; n < N; n++) y[n] = bf16_to_f32(f32_to_bf16(y[n]));
     }
+}
+static void product(Layer *L, int i, const float *x, float *y, int64_t N, int64_t K) {   /* y = W_i x */
+    matvec(L, L->w[i], L->rows[i], x, y, N, K, &L->seconds[i]);
 }
 
 /* out = g · (x / sqrt(mean(x²) + eps)): normalised in fp32, rounded, then the gain (llama.py's RMSNorm) */
@@ -177,10 +189,11 @@ static void layer(Layer *L, float *x) {
     for (int64_t i = 0; i < D; i++) x[i] = rnd(L, x[i] + o[i]);
 }
 
-/* out (dim) = the n layers applied to h (dim), the new token at position pos; rows: each product's rows of W
-   a block. Each layer's seconds are reset, then timed. */
+/* The n layers applied to h (dim), the new token at position pos, then the final RMSNorm (gain `norm`) and the
+   LM head (vocab, dim): out = the logits (vocab), fp32 (in a bf16 model, bf16 values). rows: each product's rows
+   of W a block (the 7 of a layer, then the head's). Each layer's seconds and *head_seconds are reset, then timed. */
 void decode(Layer *layers, int64_t n, int64_t pos, const void *cos, const void *sin, const int32_t *rows,
-            const void *h, void *out) {
+            const void *h, const void *norm, const void *lm_head, int64_t vocab, float *out, double *head_seconds) {
     float *x = layers[0].scratch + layers[0].scratch_size;    /* the residual stream, after the work space */
     for (int64_t i = 0; i < layers[0].dim; i++) x[i] = load(layers, h, i);
     for (int64_t l = 0; l < n; l++) {
@@ -189,7 +202,10 @@ void decode(Layer *layers, int64_t n, int64_t pos, const void *cos, const void *
         for (int i = 0; i < 7; i++) { L->rows[i] = rows[i]; L->seconds[i] = 0; }
         layer(L, x);
     }
-    for (int64_t i = 0; i < layers[0].dim; i++) store(layers, out, i, x[i]);
+    float *normed = layers[0].scratch;
+    rmsnorm(layers, norm, x, normed);
+    *head_seconds = 0;
+    matvec(layers, lm_head, rows[7], normed, out, vocab, layers[0].dim, head_seconds);
 }
 """
 
@@ -215,7 +231,8 @@ def available() -> bool:
         try:
             _lib = cpu_gemv.compile_library("cpu_decode", cpu_gemv.SOURCE + SOURCE)
             _lib.decode.argtypes = [ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                    ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p, ctypes.c_void_p]
+                                    ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)]
             _lib.decode.restype = None
         except OSError as e:
             error = str(e)
@@ -235,60 +252,78 @@ def _parts(block) -> tuple[list, list, object] | None:
     return [m._parameters["weight"] for m in linears], norms, attn.cache
 
 
+def _gather(model) -> tuple[list, tuple] | None:
+    """Every block's `_parts`, and the final RMSNorm's gain and the LM head's matrix; None when a matrix is not
+    a plain `cpu_linear.Linear` or a layer has no KV cache."""
+    parts, head = [_parts(block) for block in model._modules["layers"]], model._modules["lm_head"]
+    if (not parts or any(p is None or p[2] is None for p in parts) or type(head) is not cpu_linear.Linear
+            or head._parameters["bias"] is not None):
+        return None
+    return parts, (model._modules["norm"]._parameters["weight"], head._parameters["weight"])
+
+
 def _one_new_token(x: torch.Tensor, mask, start_pos) -> bool:
-    """Switched on, and x (1, 1, D) one token of one row at an int position, no mask, CPU inference."""
+    """Switched on, and x (1, 1) / (1, 1, D) one token of one row at an int position, no mask, CPU inference."""
     return (ENABLED and cpu_linear.ENABLED and mask is None and type(start_pos) is int and x.shape[:2] == (1, 1)
             and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
-def applicable(block, x: torch.Tensor, mask, start_pos) -> bool:
-    """Can `block` (llama.py's Block) take this call in C? One new token of one row at an int position
-    inside its KV cache, no mask, inference on the CPU, fp32 or bf16 throughout, plain matrices."""
-    if not (_one_new_token(x, mask, start_pos) and x.dtype in cpu_gemv.DTYPES):
+def applicable(model, x: torch.Tensor, mask, start_pos) -> bool:
+    """Can `model` (llama.py's LLaMA) take this step in C? x: the token (1, 1) or its embedding (1, 1, D). One
+    new token of one row at an int position inside its KV caches, no mask, inference on the CPU, fp32 or bf16
+    throughout, plain matrices, one layer shape, one norm eps."""
+    dtype = model.embed_tokens.weight.dtype
+    if not (_one_new_token(x, mask, start_pos) and dtype in cpu_gemv.DTYPES):
         return False
-    parts = _parts(block)
-    if parts is None or parts[2] is None:
+    if (gathered := _gather(model)) is None:
         return False
-    weights, norms, cache = parts
-    return (0 <= start_pos < cache.k.shape[2] and all(t.dtype == x.dtype for t in [*weights, *norms, cache.k])
-            and all(t.is_contiguous() for t in [*weights, cache.k]) and available())
+    parts, head = gathered
+    if len({(p[0][0].shape, p[0][4].shape, p[2].k.shape) for p in parts}) != 1:
+        return False
+    block = model.layers[0]
+    tensors = [t for weights, norms, cache in parts for t in [*weights, *norms, cache.k, cache.v]] + list(head)
+    return (0 <= start_pos < parts[0][2].k.shape[2] and all(t.dtype == dtype for t in tensors)
+            and all(t.is_contiguous() for t in [*tensors, model.embed_tokens.weight])
+            and model.norm.eps == block.input_layernorm.eps == block.post_attention_layernorm.eps and available())
 
 
-# --- rows of W a block, measured: (shapes, dtype, threads) -> the 7 products' choice ----------------
+# --- rows of W a block, measured: (shapes, dtype, threads) -> the 8 products' choice ----------------
+PRODUCTS = ROLES + ("lm_head",)     # a layer's 7, then the LM head
 _choices: dict[tuple, tuple[int, ...]] = {}
 _trials: dict[tuple, dict[int, list[list[float]]]] = {}   # kind -> rows -> per product, seconds of each trial
 
 
 def _rows(kind: tuple) -> tuple[int, ...]:
-    """The rows-per-block of the 7 products for this call: forced, decided, or the next trial's."""
+    """The rows-per-block of the 8 products for this call: forced, decided, or the next trial's."""
     if FORCE_ROWS is not None:
-        return (FORCE_ROWS,) * 7
+        return (FORCE_ROWS,) * len(PRODUCTS)
     if kind in _choices:
         return _choices[kind]
-    trials = _trials.setdefault(kind, {8: [[] for _ in ROLES], 1: [[] for _ in ROLES]})
-    return (min(trials, key=lambda r: len(trials[r][0])),) * 7
+    trials = _trials.setdefault(kind, {8: [[] for _ in PRODUCTS], 1: [[] for _ in PRODUCTS]})
+    return (min(trials, key=lambda r: len(trials[r][0])),) * len(PRODUCTS)
 
 
 def _record(kind: tuple, rows: tuple[int, ...], seconds) -> None:
-    """After a trial call: keep its times; once both settings have ROUNDS, each product takes its faster."""
+    """After a trial call: keep its times (per product, a list of them: one a layer); once both settings
+    have ROUNDS calls, each product takes its faster."""
     if FORCE_ROWS is not None or kind in _choices:
         return
     trials = _trials[kind]
     for times, t in zip(trials[rows[0]], seconds):
-        times.append(t)
-    if all(len(t[0]) >= cpu_linear.ROUNDS for t in trials.values()):
-        _choices[kind] = tuple(min(trials, key=lambda r: min(trials[r][i])) for i in range(len(ROLES)))
+        times.extend(t)
+    if all(len(t[-1]) >= cpu_linear.ROUNDS for t in trials.values()):
+        _choices[kind] = tuple(min(trials, key=lambda r: min(trials[r][i])) for i in range(len(PRODUCTS)))
 
 
 def choices() -> list[dict]:
-    """Every decision so far: the layer's shapes, dtype, threads and each product's rows a block with the
-    best µs of each setting's trials."""
+    """Every decision so far: the layer's shapes (and the vocabulary), dtype, threads and each product's rows a
+    block with the best µs of each setting's trials."""
     out = []
     for kind, rows in _choices.items():
         trials = _trials[kind]
         out.append(dict(shapes=kind[0], dtype=str(kind[1]).removeprefix("torch."), threads=kind[2],
                         rows={role: (r, {k: round(min(trials[k][i]) * 1e6, 1) for k in trials})
-                              for i, (role, r) in enumerate(zip(ROLES, rows))}))
+                              for i, (role, r) in enumerate(zip(PRODUCTS, rows))}))
     return out
 
 
@@ -298,57 +333,77 @@ def reset() -> None:
 
 
 class _Plan:
-    """A model's layers as C arguments, kept between steps; rebuilt when any of their tensors moved (a new KV
-    cache, converted weights) or a module was swapped (`key`)."""
+    """A model's layers and head as C arguments, kept between steps; rebuilt when any of their tensors moved (a
+    new KV cache, converted weights) or a module was swapped (`key`)."""
 
-    def __init__(self, key: tuple, blocks, parts: list, dtype: torch.dtype):
+    def __init__(self, key: tuple, model, parts: list, head: tuple, dtype: torch.dtype, rope):
+        blocks = model.layers
         attn, (weights, norms, cache) = blocks[0].self_attn, parts[0]
         D, F = weights[3].shape[0], weights[4].shape[0]
         H, Hkv, d, S = attn.n_heads, attn.n_kv_heads, attn.head_dim, cache.k.shape[2]
-        self.key, self.kind, self.max_seq = key, ((D, H, Hkv, d, F), dtype, key[1]), S
+        self.key, self.max_seq, self.head, self.vocab = key, S, head, head[1].shape[0]
+        self.kind = ((D, H, Hkv, d, F, self.vocab), dtype, key[0])      # key[0]: the threads
+        self.head_seconds = ctypes.c_double()
+        with torch.inference_mode(False):                                  # RoPE's cos, sin of every position
+            self.cos, self.sin = rope(torch.arange(S)[None], d, model.cfg.rope_theta, dtype)  # (1, S, d)
+        size_of = torch.finfo(dtype).bits // 8
+        self.embed, self.vocab_in = model.embed_tokens.weight.data_ptr(), model.embed_tokens.weight.shape[0]
+        self.row_bytes, self.rope_bytes = D * size_of, d * size_of       # a row of the table, of cos / sin
         size = 2 * D + 2 * (H + Hkv) * d + 2 * F + H * S
         with torch.inference_mode(False):
             self.scratch = torch.empty(size + D)                           # fp32 work space, then x (D)
         self.layers = (Layer * len(blocks))(*[
-            Layer(D, H, Hkv, d, F, S, 0, block.input_layernorm.eps, dtype == torch.bfloat16, key[1],
+            Layer(D, H, Hkv, d, F, S, 0, block.input_layernorm.eps, dtype == torch.bfloat16, key[0],
                   norms[0].data_ptr(), norms[1].data_ptr(), (ctypes.c_void_p * 7)(*[w.data_ptr() for w in weights]),
                   (ctypes.c_int32 * 7)(), (ctypes.c_double * 7)(), cache.k.data_ptr(), cache.v.data_ptr(),
                   None, None, self.scratch.data_ptr(), size)
             for block, (weights, norms, cache) in zip(blocks, parts)])
 
 
-_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # the model's nn.ModuleList of blocks -> _Plan
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # the model -> _Plan
 
 
-def layers(blocks, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask, start_pos) -> torch.Tensor | None:
-    """Every block of `blocks` (llama.py's Blocks, in order) applied to x (1, 1, D) in C, writing their KV
-    caches: what `for b in blocks: x = b(x, cos, sin, mask, start_pos)` computes. None where that does not
-    apply (`applicable`): the caller runs the PyTorch layers."""
+def step(model, tokens: torch.Tensor | None, embeds: torch.Tensor | None, start_pos, mask, rope) -> torch.Tensor | None:
+    """The logits (1, 1, V), fp32, of `model` (llama.py's LLaMA) for one new token (tokens (1, 1), or its input
+    embedding embeds (1, 1, D)) at position start_pos, computed in C, writing the layers' KV caches: what
+    `model(tokens or embeds, start_pos=start_pos)` gives. rope: llama.py's `rope_cos_sin` (for the table of
+    angles). None where that does not apply (`applicable`): the caller runs PyTorch's layers."""
+    x = tokens if embeds is None else embeds
     if not _one_new_token(x, mask, start_pos):
         return None
-    parts = [_parts(block) for block in blocks]
-    if not parts or any(p is None or p[2] is None for p in parts):
+    if (gathered := _gather(model)) is None:
         return None
-    key = (x.dtype, torch.get_num_threads(),        # where every tensor is and its shape (a new cache may
-           *[(t.data_ptr(), t.shape)                # reuse a freed one's memory with another length)
-             for weights, norms, cache in parts for t in [*weights, *norms, cache.k, cache.v]])
-    plan = _plans.get(blocks)
+    parts, head = gathered
+    key = (torch.get_num_threads(), model.embed_tokens.weight.data_ptr(),   # where every tensor is and its shape
+           *[(t.data_ptr(), t.shape)                # (a new cache may reuse a freed one's memory with another length)
+             for weights, norms, cache in parts for t in [*weights, *norms, cache.k, cache.v]],
+           *[(t.data_ptr(), t.shape) for t in head])
+    plan = _plans.get(model)
     if plan is None or plan.key != key:
-        shapes = {(p[0][0].shape, p[0][4].shape, p[2].k.shape) for p in parts}        # one layer shape for all
-        if len(shapes) != 1 or not all(applicable(block, x, mask, start_pos) for block in blocks):
+        if not applicable(model, x, mask, start_pos):
             return None
-        plan = _plans[blocks] = _Plan(key, blocks, parts, x.dtype)
-    if not 0 <= start_pos < plan.max_seq or cos.dtype != x.dtype or not (cos.is_contiguous() and sin.is_contiguous()):
+        plan = _plans[model] = _Plan(key, model, parts, head, model.embed_tokens.weight.dtype, rope)
+    if not 0 <= start_pos < plan.max_seq:
         return None                                                        # (the PyTorch path raises the error)
+    if embeds is None:                                                     # the token's row of the embedding table
+        token = int(tokens)
+        if not 0 <= token < plan.vocab_in:
+            return None                                                    # (PyTorch's embedding raises)
+        h = plan.embed + token * plan.row_bytes
+    else:
+        embeds = embeds.to(plan.kind[1]).contiguous()                      # (1, 1, D)
+        h = embeds.data_ptr()
     rows = _rows(plan.kind)
-    x = x.contiguous()
-    out = torch.empty_like(x)                                              # (1, 1, D)
-    _lib.decode(plan.layers, len(blocks), start_pos, cos.data_ptr(), sin.data_ptr(), (ctypes.c_int32 * 7)(*rows),
-                x.data_ptr(), out.data_ptr())
+    logits = torch.empty(1, 1, plan.vocab)                                 # (1, 1, V) fp32
+    _lib.decode(plan.layers, len(plan.layers), start_pos, plan.cos.data_ptr() + start_pos * plan.rope_bytes,
+                plan.sin.data_ptr() + start_pos * plan.rope_bytes, (ctypes.c_int32 * len(PRODUCTS))(*rows), h,
+                plan.head[0].data_ptr(), plan.head[1].data_ptr(), plan.vocab, logits.data_ptr(),
+                ctypes.byref(plan.head_seconds))
     if plan.kind not in _choices:
-        for layer in plan.layers:
-            _record(plan.kind, rows, layer.seconds)
-    return out
+        per_layer = [list(layer.seconds) for layer in plan.layers]        # (layers, 7)
+        _record(plan.kind, rows, [*zip(*per_layer), [plan.head_seconds.value]])
+    return logits
 
 
-__all__ = ["ENABLED", "FORCE_ROWS", "ROLES", "applicable", "available", "choices", "error", "layers", "reset"]
+__all__ = ["ENABLED", "FORCE_ROWS", "PRODUCTS", "ROLES", "applicable", "available", "choices", "error", "reset",
+           "step"]

@@ -10,8 +10,8 @@ Module and parameter names are the Hugging Face `LlamaForCausalLM` names without
 loads by stripping that prefix (`nanog4v.weights.load_llama`), LoRA targets read like peft's, and
 `save_llama` writes back what transformers reads. Every matrix is a `cpu_linear.Linear`: an `nn.Linear`
 whose CPU inference runs the kernel measured fastest on this machine (same parameters, same values). A
-decode step of one token on the CPU runs all the layers below in one C call (`cpu_decode.py`, the same
-arithmetic without PyTorch's per-op cost); this file stays the definition.
+decode step of one token on the CPU runs all the layers below, the final norm and the LM head in one C call
+(`cpu_decode.py`, the same arithmetic without PyTorch's per-op cost); this file stays the definition.
 
 A forward can start from token ids or from input embeddings (GPT4Video splices its 65 video tokens
 into the prompt as embeddings), at any `start_pos`, with an optional padding mask. With a KV cache
@@ -291,6 +291,9 @@ class LLaMA(nn.Module):
         """
         if (tokens is None) == (embeds is None):
             raise ValueError("LLaMA.forward: pass exactly one of tokens (B, L) or embeds (B, L, dim)")
+        logits = cpu_decode.step(self, tokens, embeds, start_pos, attention_mask, rope_cos_sin)  # a CPU step: C
+        if logits is not None:
+            return logits                                                # (1, 1, V)
         if embeds is None:
             h = self.embed_tokens(tokens)                                # (B, L, D)
         else:
@@ -299,12 +302,8 @@ class LLaMA(nn.Module):
         cached = self.has_cache
         positions, mask = self._positions_and_mask(B, L, start_pos, attention_mask, cached, h.device)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)  # (B, L, d)
-        out = cpu_decode.layers(self.layers, h, cos, sin, mask, start_pos)   # one new token on a CPU: in C
-        if out is not None:
-            h = out                                                      # (1, 1, D)
-        else:
-            for layer in self.layers:
-                h = layer(h, cos, sin, mask, start_pos)                  # (B, L, D)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, start_pos)                      # (B, L, D)
         if last_only:
             h = h[:, -1:]                                                # (B, 1, D)
         return self.lm_head(self.norm(h)).float()                        # (B, L, V)

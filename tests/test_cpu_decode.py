@@ -7,7 +7,7 @@ import torch
 from nanog4v import cpu_decode, cpu_gemv, cpu_linear
 from nanog4v.config import LlamaConfig
 from nanog4v.generate import SamplingConfig, generate
-from nanog4v.llama import LLaMA
+from nanog4v.llama import LLaMA, rope_cos_sin
 from nanog4v.lora import add_lora
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -30,6 +30,11 @@ def tiny(n_kv_heads=2, dtype=torch.float32, seed=0):
     cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, hidden_dim=160, vocab_size=300,
                       max_seq_len=64)
     return LLaMA(cfg).to(dtype).eval()
+
+
+def step(model, tokens, embeds, start_pos, mask):
+    """`cpu_decode.step` as `LLaMA.forward` calls it."""
+    return cpu_decode.step(model, tokens, embeds, start_pos, mask, rope_cos_sin)
 
 
 def spy(monkeypatch) -> list:
@@ -76,46 +81,56 @@ def test_greedy_tokens_equal_the_pytorch_path_in_fp32_with_the_measured_choice(m
     monkeypatch.setattr(cpu_decode, "ENABLED", True)
     calls = spy(monkeypatch)
     assert tokens() == plain and len(calls) == 23
-    (choice,) = cpu_decode.choices()                                # trials done: one decision, 7 products
-    assert choice["shapes"] == (64, 4, 2, 16, 160) and set(choice["rows"]) == set(cpu_decode.ROLES)
+    (choice,) = cpu_decode.choices()                                # trials done: one decision, 8 products
+    assert choice["shapes"] == (64, 4, 2, 16, 160, 300) and list(choice["rows"]) == [*cpu_decode.ROLES, "lm_head"]
     assert all(r in (1, 8) and set(us) == {1, 8} for r, us in choice["rows"].values())
 
 
 def test_rows_per_block_alternate_on_trials_then_each_product_keeps_its_faster():
-    kind = ((64, 4, 2, 16, 160), torch.float32, 1)
-    eight, one = [1, 2, 1, 2, 1, 2, 1], [2, 1, 2, 1, 2, 1, 2]       # seconds: 8 rows faster for q, v, gate, down
+    kind = ((64, 4, 2, 16, 160, 300), torch.float32, 1)
+    eight = [[1, 1], [2, 2], [1, 1], [2, 2], [1, 1], [2, 2], [1, 1], [2]]   # seconds, per product one a layer:
+    one = [[2, 2], [1, 1], [2, 2], [1, 1], [2, 2], [1, 1], [2, 2], [1]]     # 8 rows faster for q, v, gate, down
     served = []
     for _ in range(2 * cpu_linear.ROUNDS):
         rows = cpu_decode._rows(kind)
+        assert len(set(rows)) == 1 and len(rows) == len(cpu_decode.PRODUCTS)
         served.append(rows[0])
         cpu_decode._record(kind, rows, eight if rows[0] == 8 else one)
-    assert served == [8, 1] * cpu_linear.ROUNDS
-    assert cpu_decode._rows(kind) == (8, 1, 8, 1, 8, 1, 8)
+    assert served == [8, 1] * cpu_linear.ROUNDS                     # the head's one time a call sets the rounds
+    assert cpu_decode._rows(kind) == (8, 1, 8, 1, 8, 1, 8, 1)
 
 
 def test_steps_aside_for_what_it_does_not_cover(monkeypatch):
-    """Batches, masks, autograd, fp16, LoRA-wrapped layers and the switches take the PyTorch layer (same
-    logits as with the C step off); a model converted to bf16 gets new arguments (its tensors moved)."""
+    """Batches, masks, autograd, fp16, LoRA-wrapped layers or LM head, a final norm unlike the layers' and the
+    switches take the PyTorch layers (same logits as with the C step off); a model converted to bf16 gets new
+    arguments (its tensors moved)."""
     model, tokens = tiny(), torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(2))
     calls = spy(monkeypatch)
-    blocks, x = model.layers, torch.randn(1, 1, 64)
+    x, token = torch.randn(1, 1, 64), torch.tensor([[5]])
     model.setup_cache(2, 16)
-    cos, sin = torch.ones(1, 1, 16), torch.zeros(1, 1, 16)
+    half = tiny().half()
+    half.setup_cache(1, 16)
     with torch.inference_mode():
-        assert cpu_decode.layers(blocks, x.expand(2, 1, 64), cos, sin, None, 3) is None     # two rows
-        assert cpu_decode.layers(blocks, x, cos, sin, torch.ones(1, 1, 1, 4, dtype=torch.bool), 3) is None
-        assert cpu_decode.layers(blocks, x, cos, sin, None, torch.tensor([3])) is None      # static step
-        assert cpu_decode.layers(blocks, x, cos, sin, None, 16) is None                     # past the cache
-        assert cpu_decode.layers(blocks, x, cos, sin, None, -1) is None                     # before it
-        assert cpu_decode.layers(blocks, x.half(), cos, sin, None, 3) is None               # fp16
-    assert cpu_decode.layers(blocks, x, cos, sin, None, 3) is None                          # autograd on
+        assert step(model, None, x.expand(2, 1, 64), 3, None) is None                     # two rows
+        assert step(model, token, None, 3, torch.ones(1, 4, dtype=torch.long)) is None    # a mask
+        assert step(model, None, x, torch.tensor([3]), None) is None                      # static step
+        assert step(model, None, x, 16, None) is None                                     # past the cache
+        assert step(model, None, x, -1, None) is None                                     # before it
+        assert step(half, token, None, 3, None) is None                                   # fp16
+        model.norm.eps = 1e-3                                       # the final norm's eps unlike the layers'
+        assert step(model, token, None, 3, None) is None
+        model.norm.eps = model.layers[0].input_layernorm.eps
+    assert step(model, token, None, 3, None) is None                                      # autograd on
     monkeypatch.setattr(cpu_linear, "ENABLED", False)
     with torch.inference_mode():
-        assert cpu_decode.layers(blocks, x, cos, sin, None, 3) is None
+        assert step(model, token, None, 3, None) is None
     monkeypatch.setattr(cpu_linear, "ENABLED", True)
+    with torch.inference_mode():
+        assert step(model, torch.tensor([[300]]), None, 3, None) is None                  # not in the vocabulary
     assert not calls
     with torch.inference_mode():
-        assert cpu_decode.layers(blocks, x, cos, sin, None, 3) is not None and len(calls) == 1
+        assert step(model, token, None, 3, None) is not None and len(calls) == 1
+        assert step(model, None, x, 4, None) is not None and len(calls) == 2
 
     decode(model, tokens)
     model.to(torch.bfloat16)                                        # same modules, new tensors
@@ -131,6 +146,11 @@ def test_steps_aside_for_what_it_does_not_cover(monkeypatch):
     add_lora(model, targets=("q_proj", "v_proj"), r=4)
     lora = decode(model, tokens)[0]
     assert len(calls) == n + 2 and (lora - fp32).abs().max() < 1e-4  # PyTorch's layers; B = 0: the same model
+    head = add_lora(tiny(), targets=("lm_head",), r=4)             # a LoRA-wrapped LM head: PyTorch's path
+    monkeypatch.setattr(cpu_decode, "ENABLED", False)
+    plain = decode(tiny(), tokens)[0]
+    monkeypatch.setattr(cpu_decode, "ENABLED", True)
+    assert (decode(head, tokens)[0] - plain).abs().max() < 1e-4 and len(calls) == n + 2
 
 
 def test_without_a_compiler_it_is_unavailable_and_decoding_still_works(monkeypatch):
@@ -164,5 +184,5 @@ def test_a_new_cache_of_another_length_gets_new_arguments(monkeypatch):
         with torch.inference_mode():
             model(tokens[:, :7], start_pos=0)
             got = torch.cat([model(tokens[:, i:i + 1], start_pos=i) for i in (7, 8)], 1)
-        assert k0.data_ptr() == full[0][0].data_ptr() and cpu_decode._plans[model.layers].max_seq == length
+        assert k0.data_ptr() == full[0][0].data_ptr() and cpu_decode._plans[model].max_seq == length
         assert (got - ref).abs().max() <= TOL[torch.float32] * ref.abs().max()
