@@ -1,6 +1,6 @@
-"""nanog4v.cpu_decode: the decode step's layers in C give PyTorch's logits and KV cache (fp32 up to
-summation order, bf16 up to a rounding), with either product loop, GQA or not; it steps aside for
-everything it does not cover; its rows-per-block choice is measured."""
+"""nanog4v.cpu_decode: the decode step in C (embedding row, layers, final norm, LM head) gives PyTorch's logits
+and KV cache (fp32 up to summation order, bf16 up to a rounding), with either product loop, GQA or not; it
+steps aside for everything it does not cover; its rows-per-block choice is measured."""
 import pytest
 import torch
 
