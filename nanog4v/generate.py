@@ -252,7 +252,7 @@ def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: i
     if cfg.repetition_penalty == 1.0:
         history = None                                     # nothing to keep track of
     generators = make_generators(cfg.seed, B, param.device)
-    mask = F.pad(mask, (0, cfg.max_new_tokens))            # (B, P + max_new); filled as tokens arrive
+    mask = F.pad(mask, (0, cfg.max_new_tokens), value=1)   # (B, P + max_new); a finished row's turn 0
     padded = bool((mask[:, :P] == 0).any())
     static = None
     if decode == "dynamic":
@@ -265,12 +265,15 @@ def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: i
         for step in range(cfg.max_new_tokens):
             next_ids = sample_next(logits[:, -1], history, cfg, generators)          # (B,)
             yield next_ids
-            if step + 1 == cfg.max_new_tokens or bool(finished.all()):
+            done = int(finished.sum())                     # rows the caller has marked finished
+            if step + 1 == cfg.max_new_tokens or done == B:
                 return
             pos = P + step                                 # where the new token goes in the cache
-            feed = next_ids.masked_fill(finished, pad_id)
-            mask[:, pos] = (~finished).long()
-            padded = padded or bool(finished.any())
+            feed = next_ids
+            if done:                                       # (nothing to change while every row runs)
+                feed = next_ids.masked_fill(finished, pad_id)
+                mask[:, pos] = (~finished).long()
+                padded = True
             if history is not None:
                 history = torch.cat([history, feed.masked_fill(finished, -1)[:, None]], 1)
             if static is not None:
@@ -306,6 +309,7 @@ def generate(model, prompts: list[list[int]] | None = None, *,
     scanners = [StopScanner(tokenizer, cfg.stop) for _ in range(B)] if cfg.stop else None
     with contextlib.closing(_decode(model, tokens, inputs, mask, history, cfg, pad_id, finished, decode)) as steps:
         for next_ids in steps:
+            before = sum(done)
             for b, tok in enumerate(next_ids.tolist()):
                 if done[b]:
                     continue
@@ -317,7 +321,8 @@ def generate(model, prompts: list[list[int]] | None = None, *,
                     safe, stopped = scanners[b].update(outs[b])
                     if stopped:
                         outs[b], done[b] = outs[b][:safe], True
-            finished.copy_(torch.tensor(done))
+            if sum(done) != before:
+                finished.copy_(torch.tensor(done))
     return outs
 
 
