@@ -291,7 +291,8 @@ class LLaMA(nn.Module):
         """
         if (tokens is None) == (embeds is None):
             raise ValueError("LLaMA.forward: pass exactly one of tokens (B, L) or embeds (B, L, dim)")
-        logits = cpu_decode.step(self, tokens, embeds, start_pos, attention_mask, rope_cos_sin)  # a CPU step: C
+        # one new token on the CPU: the whole step in C (cpu_decode.py); None: PyTorch's forward below
+        logits = cpu_decode.step(self, tokens, embeds, start_pos, attention_mask, rope_cos_sin)
         if logits is not None:
             return logits                                                # (1, 1, V)
         if embeds is None:
