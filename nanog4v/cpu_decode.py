@@ -280,11 +280,10 @@ def applicable(model, x: torch.Tensor, mask, start_pos) -> bool:
     parts, head = gathered
     if len({(p[0][0].shape, p[0][4].shape, p[2].k.shape) for p in parts}) != 1:
         return False
-    block = model.layers[0]
+    eps = {model.norm.eps} | {n.eps for b in model.layers for n in (b.input_layernorm, b.post_attention_layernorm)}
     tensors = [t for weights, norms, cache in parts for t in [*weights, *norms, cache.k, cache.v]] + list(head)
     return (0 <= start_pos < parts[0][2].k.shape[2] and all(t.dtype == dtype for t in tensors)
-            and all(t.is_contiguous() for t in [*tensors, model.embed_tokens.weight])
-            and model.norm.eps == block.input_layernorm.eps == block.post_attention_layernorm.eps and available())
+            and all(t.is_contiguous() for t in [*tensors, model.embed_tokens.weight]) and len(eps) == 1 and available())
 
 
 # --- rows of W a block, measured: (shapes, dtype, threads) -> the 8 products' choice ----------------

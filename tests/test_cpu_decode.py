@@ -117,9 +117,10 @@ def test_steps_aside_for_what_it_does_not_cover(monkeypatch):
         assert step(model, None, x, 16, None) is None                                     # past the cache
         assert step(model, None, x, -1, None) is None                                     # before it
         assert step(half, token, None, 3, None) is None                                   # fp16
-        model.norm.eps = 1e-3                                       # the final norm's eps unlike the layers'
-        assert step(model, token, None, 3, None) is None
-        model.norm.eps = model.layers[0].input_layernorm.eps
+        for norm in (model.norm, model.layers[1].post_attention_layernorm):   # an eps unlike the others'
+            eps, norm.eps = norm.eps, 1e-3
+            assert step(model, token, None, 3, None) is None
+            norm.eps = eps
     assert step(model, token, None, 3, None) is None                                      # autograd on
     monkeypatch.setattr(cpu_linear, "ENABLED", False)
     with torch.inference_mode():
