@@ -26,7 +26,7 @@ then each of the eight (a layer's seven and the head) keeps the faster (`choices
 `cpu_linear` chooses its kernels. The embedding row, the RoPE angles (llama.py's `rope_cos_sin` of every
 position, computed once per KV cache) and the head are in the call as well: run by PyTorch around it, the
 head read its 49 MB (134M, bf16) slower than the layers' products stream, and the ~20 small ops (embedding,
-positions, angles, final norm, the head's dispatch) ran on caches the weights had just flushed: ~0.6 ms of
+positions, angles, final norm, the head's dispatch) ran on caches the weights had just flushed: ~0.7 ms of
 an ~8 ms bf16 step. Against the layers-only call, old / new ms a token paired in one process: bf16 1.15×,
 fp32 1.13× (bench/RESULTS.md).
 
@@ -340,16 +340,16 @@ class _Plan:
         attn, (weights, norms, cache) = blocks[0].self_attn, parts[0]
         D, F = weights[3].shape[0], weights[4].shape[0]
         H, Hkv, d, S = attn.n_heads, attn.n_kv_heads, attn.head_dim, cache.k.shape[2]
-        self.key, self.max_seq, self.head, self.vocab = key, S, head, head[1].shape[0]
+        self.key, self.max_seq, self.vocab = key, S, head[1].shape[0]
         self.kind = ((D, H, Hkv, d, F, self.vocab), dtype, key[0])      # key[0]: the threads
+        self.head = [t.data_ptr() for t in head]                          # final norm's gain, LM head (V, D)
         self.head_seconds = ctypes.c_double()
-        with torch.inference_mode(False):                                  # RoPE's cos, sin of every position
-            self.cos, self.sin = rope(torch.arange(S)[None], d, model.cfg.rope_theta, dtype)  # (1, S, d)
         size_of = torch.finfo(dtype).bits // 8
         self.embed, self.vocab_in = model.embed_tokens.weight.data_ptr(), model.embed_tokens.weight.shape[0]
         self.row_bytes, self.rope_bytes = D * size_of, d * size_of       # a row of the table, of cos / sin
         size = 2 * D + 2 * (H + Hkv) * d + 2 * F + H * S
         with torch.inference_mode(False):
+            self.cos, self.sin = rope(torch.arange(S)[None], d, model.cfg.rope_theta, dtype)  # (1, S, d): each pos
             self.scratch = torch.empty(size + D)                           # fp32 work space, then x (D)
         self.layers = (Layer * len(blocks))(*[
             Layer(D, H, Hkv, d, F, S, 0, block.input_layernorm.eps, dtype == torch.bfloat16, key[0],
@@ -396,7 +396,7 @@ def step(model, tokens: torch.Tensor | None, embeds: torch.Tensor | None, start_
     logits = torch.empty(1, 1, plan.vocab)                                 # (1, 1, V) fp32
     _lib.decode(plan.layers, len(plan.layers), start_pos, plan.cos.data_ptr() + start_pos * plan.rope_bytes,
                 plan.sin.data_ptr() + start_pos * plan.rope_bytes, (ctypes.c_int32 * len(PRODUCTS))(*rows), h,
-                plan.head[0].data_ptr(), plan.head[1].data_ptr(), plan.vocab, logits.data_ptr(),
+                *plan.head, plan.vocab, logits.data_ptr(),
                 ctypes.byref(plan.head_seconds))
     if plan.kind not in _choices:
         per_layer = [list(layer.seconds) for layer in plan.layers]        # (layers, 7)

@@ -252,7 +252,7 @@ def _decode(model, tokens, embeds, mask, history, cfg: SamplingConfig, pad_id: i
     if cfg.repetition_penalty == 1.0:
         history = None                                     # nothing to keep track of
     generators = make_generators(cfg.seed, B, param.device)
-    mask = F.pad(mask, (0, cfg.max_new_tokens), value=1)   # (B, P + max_new); a finished row's turn 0
+    mask = F.pad(mask, (0, cfg.max_new_tokens), value=1)   # (B, P + max_new): new tokens real, a finished row's 0
     padded = bool((mask[:, :P] == 0).any())
     static = None
     if decode == "dynamic":
