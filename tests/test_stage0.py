@@ -3,6 +3,7 @@ official layouts. The ViT's own tests are in test_stage0_vision.py."""
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,12 +16,12 @@ from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, b
                                lm_forward, pretrain_llama, pretraining_documents, run_stage0, train_tokenizer)
 from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, bag_embeddings, list_turns, object_slot,
                                        raw_drill, thing_pieces, world_scene)
-from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, drill_documents, frame, loosen,
-                                        reading_caption, reading_documents, with_caption)
+from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, asked_in_wider_words, drill_documents,
+                                        frame, loosen, reading_caption, reading_documents, with_caption)
 from nanog4v.tokenizer import Tokenizer
-from nanog4v.toy.worlddir import WorldError, write_world
+from nanog4v.toy.worlddir import WorldError, read_world, write_world
 from nanog4v.toy.phrases import PHRASINGS
-from nanog4v.toy.world import POSITION_PHRASES, Scene, Thing, parse_caption, sample_scene
+from nanog4v.toy.world import POSITION_PHRASES, Scene, Thing, caption, parse_caption, sample_scene
 from nanog4v.weights import load_llama, load_vision
 
 CFG = preset("test")
@@ -165,8 +166,11 @@ def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
     objects = (pretraining_documents(world, "train", object_slot)
                + reading_documents(200, held_pairs, random.Random(2), object_slot, lists=True)
                + drill_documents(200, held_pairs, random.Random(3), object_slot, lists=True))
+    rng = random.Random(4)
+    asked_afresh = [d for _ in range(20) for r in read_world(world)[1] if r["split"] == "train"
+                    for d in asked_in_wider_words(Scene.from_dict(r["scene"]), r["id"], rng)]     # llama_rephrase
     docs = (pretraining_documents(world, "train") + reading_documents(200, held_pairs, random.Random(0))
-            + drill_documents(200, held_pairs, random.Random(1), reading_caption) + objects)
+            + drill_documents(200, held_pairs, random.Random(1), reading_caption) + objects + asked_afresh)
     text = "\n".join("".join(p.text for p in d) for d in docs)
     assert pairs and not [p for p in pairs if p in text]
     in_slots = {(t.colour, t.shape) for d in objects for p in d if isinstance(p, ObjectsPart) for t in p.scene.objects}
@@ -318,6 +322,24 @@ def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
     assert metrics["caption_qa"]["n"] == 4 and metrics["val_loss"] < metrics["losses"][0]
     docs = pretraining_documents(world, "train", object_slot)
     assert sum(isinstance(p, ObjectsPart) for d in docs for p in d) == len(list(read_videochat(world / "stage1_train.json")))
+
+
+def test_rephrase_asks_the_world_clips_afresh_each_epoch_instead_of_its_stage1_records(world, stage0):
+    """llama_rephrase: the stage-1 records leave the fixed documents; every epoch asks the same clips again
+    (a description and a QA record each, as datasets.stage1_records draws them) in the wider phrasings."""
+    fixed, every = pretraining_documents(world, "train", stage1=False), pretraining_documents(world, "train")
+    assert len(every) - len(fixed) == len(list(read_videochat(world / "stage1_train.json")))
+    scene = Scene.from_dict(next(r for r in read_world(world)[1] if r["split"] == "train")["scene"])
+    first, second = (asked_in_wider_words(scene, "c", random.Random(k)) for k in (0, 1))
+    assert len(first) == 2 and [p.text for p in first[0] if p.kind == "answer"][0].strip().startswith("The video shows")
+    assert all(f" {caption(scene)} " in [p.text for p in d] for d in first)                 # the clip, as words
+    ask = lambda docs: [p.text for d in docs for p in d if p.kind == "text" and p.text.startswith(HUMAN) and "<video" not in p.text]
+    assert ask(first) != ask(second)                                                        # asked afresh
+    tok = Tokenizer(stage0["tokenizer"])
+    settings = Stage0Settings(llama_epochs=2, llama_reading=0.0, llama_batch=4, llama_block=96, eval_n=0)
+    plain = pretrain_llama(CFG.llama, tok, world, settings, log=lambda *a: None)[1]
+    afresh = pretrain_llama(CFG.llama, tok, world, replace(settings, llama_rephrase=True), log=lambda *a: None)[1]
+    assert afresh["losses"] != plain["losses"] and afresh["val_loss"] < afresh["losses"][0]
 
 
 def test_by_length_puts_one_document_in_a_row_within_the_token_budget():

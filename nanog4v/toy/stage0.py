@@ -47,6 +47,10 @@ models learn in-context lookup from. `llama_rows = "documents"` gives each docum
 (`by_length`), so a question never sees another clip's words. Both were measured against the default
 and are recorded in weights/nano/README.md with what they gained.
 
+**The world's questions asked afresh** (`llama_rephrase`, off by default): each epoch asks the stage-1
+clips again in the reading practice's wider phrasings (`stage0_reading.asked_in_wider_words`) instead of
+repeating their records; measured over two seeds in weights/nano/README.md ("What limits it").
+
 **The video slot as objects** (`Stage0Settings.llama_slot = "objects"`, stage0_objects.py). Instead of
 a caption, the slot holds N tokens, one per object, each the sum of its words' embeddings: finding the
 object a question names is then one attention step instead of an induction circuit. Its binding
@@ -81,7 +85,7 @@ from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
 from .stage0_objects import (MOTION_SYMBOLS, ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
                              slot_tokens, world_scene)
-from .stage0_reading import drill_documents, reading_caption, reading_documents, with_caption
+from .stage0_reading import asked_in_wider_words, drill_documents, reading_caption, reading_documents, with_caption
 from .world import Scene, caption
 from .stage0_vision import pretrain_vision
 
@@ -111,6 +115,7 @@ class Stage0Settings:
     eval_n: int = 64                   # val questions the LLaMA answers from captions (0: skip)
     llama_slot: str = "caption"        # what the video slot holds: SLOTS
     llama_rows: str = "packed"         # "packed": documents packed into rows; "documents": one a row
+    llama_rephrase: bool = False       # the world's stage-1 records asked afresh every epoch, in wider words
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
@@ -155,9 +160,9 @@ def train_tokenizer(corpus, out_path, vocab_size: int, symbols=TEMPLATE_SYMBOLS)
 
 # --- the LLaMA -----------------------------------------------------------------------------------
 
-def pretraining_documents(world_dir, split: str = "train", slot=caption) -> list[list[Part]]:
+def pretraining_documents(world_dir, split: str = "train", slot=caption, stage1: bool = True) -> list[list[Part]]:
     """The split's toy text as template parts (see the module docstring), one list per record; a clip
-    in a video slot is written `slot(its scene)`."""
+    in a video slot is written `slot(its scene)`. `stage1=False` leaves out the stage-1 records."""
     world_dir = Path(world_dir)
     files = {name: world_dir / name for name in (f"stage1_{split}.json", f"stage2_{split}.jsonl", f"safety_{split}.jsonl")}
     for f in files.values():
@@ -165,7 +170,7 @@ def pretraining_documents(world_dir, split: str = "train", slot=caption) -> list
             raise WorldError(f"{f}: missing (not a complete toy world)")
     captions = {r["id"]: slot(Scene.from_dict(r["scene"])) for r in read_world(world_dir)[1]}
     docs = [with_caption(r, captions[Path(r["videos"][0]).stem])
-            for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)]
+            for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)] if stage1 else []
     docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
     docs += [layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
     return docs
@@ -283,11 +288,15 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
         raise Stage0Error(f"llama_slot must be one of {', '.join(SLOTS)}, not {settings.llama_slot!r}")
     slot, lists = SLOTS[settings.llama_slot], settings.llama_slot == "objects"
     rng = random.Random(seed)
-    docs = {split: [encode_document(tokenizer, d, slot_size, rng) for d in pretraining_documents(world_dir, split, slot)]
+    rephrase = settings.llama_rephrase                  # the train split's stage-1 records: asked afresh each epoch
+    docs = {split: [encode_document(tokenizer, d, slot_size, rng) for d in
+                    pretraining_documents(world_dir, split, slot, stage1=not (rephrase and split == "train"))]
             for split in ("train", "val")}
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
+    asked = {Path(r["videos"][0]).stem for r in read_videochat(Path(world_dir) / "stage1_train.json", check_videos=False)}
+    train_scenes = [Scene.from_dict(r["scene"]) for r in scenes if r["id"] in asked]     # the clips stage 1 asks about
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
     drills = round(settings.llama_drills * train_clips)
     if settings.llama_rows not in ("packed", "documents"):
@@ -302,6 +311,8 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     batches = batches[:settings.llama_drill_steps]
     for _ in range(settings.llama_epochs):
         text = reading_documents(reading, held, rng, slot, lists) + drill_documents(drills, held, rng, slot, lists)
+        if rephrase:
+            text += [d for k, scene in enumerate(train_scenes) for d in asked_in_wider_words(scene, f"world{k}", rng, slot)]
         epoch = docs["train"] + [encode_document(tokenizer, d, slot_size, rng) for d in text]
         if settings.llama_rows == "packed":
             rows = pack(epoch, length, rng)

@@ -205,6 +205,19 @@ def drill_documents(n: int, held: set, rng: random.Random, slot=caption, lists: 
     return docs
 
 
+def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=caption) -> list[list[Part]]:
+    """A scene's description record and QA record as the world's stage-1 data draws them
+    (`datasets.stage1_records`), but in the wider phrasings (train ones and `PARAPHRASES`) and `loosen`ed,
+    the clip written in the video slot as `slot(scene)`."""
+    docs = []
+    for record in stage1_records(name, scene, "train", rng, WIDER):
+        turns = videochat_turns(record["QA"])
+        for turn in turns[1::2]:                                        # the human questions
+            turn["value"] = loosen(turn["value"], rng)
+        docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
+    return docs
+
+
 def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
@@ -213,11 +226,7 @@ def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists
     docs = []
     for k in range(n):
         scene = reading_scene(rng, held)
-        for record in stage1_records(f"reading{k}", scene, "train", rng, WIDER):
-            turns = videochat_turns(record["QA"])
-            for turn in turns[1::2]:                                    # the human questions
-                turn["value"] = loosen(turn["value"], rng)
-            docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
+        docs += asked_in_wider_words(scene, f"reading{k}", rng, slot)
         turns = drill_turns(scene, rng, lists=lists)
         if rng.random() < 0.5:                                          # a request alone, of this scene
             if len(turns) > 1:
