@@ -295,7 +295,8 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
-    asked = {Path(r["videos"][0]).stem for r in read_videochat(Path(world_dir) / "stage1_train.json", check_videos=False)}
+    asked = {Path(r["videos"][0]).stem for r in read_videochat(Path(world_dir) / "stage1_train.json", check_videos=False)
+             } if rephrase else set()
     train_scenes = [Scene.from_dict(r["scene"]) for r in scenes if r["id"] in asked]     # the clips stage 1 asks about
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
     drills = round(settings.llama_drills * train_clips)
