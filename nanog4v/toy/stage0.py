@@ -49,7 +49,7 @@ and are recorded in weights/nano/README.md with what they gained.
 
 **The world's questions asked afresh** (`llama_rephrase`, off by default): each epoch asks the stage-1
 clips again in the reading practice's wider phrasings (`stage0_reading.asked_in_wider_words`) instead of
-repeating their records; measured over two seeds in weights/nano/README.md ("What limits it").
+repeating their records; no better over three seeds (weights/nano/README.md, "What limits it").
 
 **The video slot as objects** (`Stage0Settings.llama_slot = "objects"`, stage0_objects.py). Instead of
 a caption, the slot holds N tokens, one per object, each the sum of its words' embeddings: finding the
