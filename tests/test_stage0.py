@@ -166,8 +166,8 @@ def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
     objects = (pretraining_documents(world, "train", object_slot)
                + reading_documents(200, held_pairs, random.Random(2), object_slot, lists=True)
                + drill_documents(200, held_pairs, random.Random(3), object_slot, lists=True))
-    rng = random.Random(4)
-    asked_afresh = [d for _ in range(20) for r in read_world(world)[1] if r["split"] == "train"
+    rng, train = random.Random(4), [r for r in read_world(world)[1] if r["split"] == "train"]
+    asked_afresh = [d for _ in range(20) for r in train
                     for d in asked_in_wider_words(Scene.from_dict(r["scene"]), r["id"], rng)]     # llama_rephrase
     docs = (pretraining_documents(world, "train") + reading_documents(200, held_pairs, random.Random(0))
             + drill_documents(200, held_pairs, random.Random(1), reading_caption) + objects + asked_afresh)
