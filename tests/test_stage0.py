@@ -13,7 +13,8 @@ from nanog4v.data import AI, HUMAN, IGNORE, SYSTEM, encode_conversation, layout
 from nanog4v.readers import read_dialogues, read_safety, read_videochat
 from nanog4v.llama import LLaMA
 from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, by_length, encode_document, lm_batch,
-                               lm_forward, pretrain_llama, pretraining_documents, run_stage0, train_tokenizer)
+                               lm_forward, pretrain_llama, pretraining_documents, run_stage0, tokenizer_symbols,
+                               train_tokenizer)
 from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, bag_embeddings, list_turns, object_slot,
                                        raw_drill, thing_pieces, world_scene)
 from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, asked_in_wider_words, drill_documents,
@@ -314,6 +315,26 @@ def test_a_raw_drill_is_the_slot_then_one_line_per_field_all_of_it_targets(objec
             assert said == {t.shape: getattr(t, field.strip()) for t in scene.objects}
 
 
+def test_a_raw_drill_can_hold_the_clip_as_words_and_phrases_can_be_one_piece(world, tmp_path):
+    """phrase_pieces: the tokenizer keeps every place phrase and motion whole; a raw drill with a caption
+    writer holds the clip as those words and says places as the captions do."""
+    settings = Stage0Settings(llama_slot="noun-last", phrase_pieces=True)
+    tok = train_tokenizer(world / "corpus.txt", tmp_path / "t.model", CFG.llama.vocab_size, tokenizer_symbols(settings))
+    plain = train_tokenizer(world / "corpus.txt", tmp_path / "p.model", CFG.llama.vocab_size,
+                            tokenizer_symbols(Stage0Settings()))
+    for phrase in ("on the left", "in the centre", "moves left", "stays still"):
+        assert len(tok.encode(phrase)) == 1 and len(plain.encode(phrase)) > 1
+    scene = Scene((Thing("circle", "red", "large", "left", "moves right"), Thing("heart", "blue", "small", "top", "grows")),
+                  "navy")
+    ids, labels = raw_drill(tok, scene, 16, random.Random(0), reading_caption)
+    end = ids.index(tok.encode("</video>")[0]) + 1
+    assert tok.decode(ids[1:end]) == f"<video> {reading_caption(scene)} </video>"
+    assert labels[:end] == [IGNORE] * end and labels[end:] == ids[end:]
+    lines = sorted(line.strip() for line in tok.decode(ids[end:-1]).split("\n") if line.strip())
+    assert [sorted(line.split(": ")[1].split(", ")) for line in lines] == [
+        ["circle red", "heart blue"], ["circle moves right", "heart grows"], ["circle on the left", "heart at the top"]]
+
+
 def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
     tok = objects_tok
     settings = Stage0Settings(llama_epochs=1, llama_reading=0.5, llama_drills=0.5, llama_batch=4, llama_block=96,
@@ -340,6 +361,29 @@ def test_rephrase_asks_the_world_clips_afresh_each_epoch_instead_of_its_stage1_r
     plain = pretrain_llama(CFG.llama, tok, world, settings, log=lambda *a: None)[1]
     afresh = pretrain_llama(CFG.llama, tok, world, replace(settings, llama_rephrase=True), log=lambda *a: None)[1]
     assert afresh["losses"] != plain["losses"] and afresh["val_loss"] < afresh["losses"][0]
+
+
+def test_binding_epochs_read_only_clips_of_two_or_three_objects(world, stage0):
+    """llama_binding_epochs: the first epochs leave out every clip of one object (the world's stage-1
+    records about one and the reading practice's one-object scenes), so no answer there can be the one
+    colour, place or motion in the slot whatever the question names."""
+    objects = {r["id"]: len(r["scene"]["objects"]) for r in read_world(world)[1]}
+    records = list(read_videochat(world / "stage1_train.json", check_videos=False))
+    ones = sum(objects[r["videos"][0].split("/")[-1].rsplit(".", 1)[0]] == 1 for r in records)
+    assert 0 < ones < len(records)
+    every, multi = (pretraining_documents(world, "train", one_object=k) for k in (True, False))
+    assert len(every) - len(multi) == ones
+    one = {f" {caption(Scene.from_dict(r['scene']))} " for r in read_world(world)[1] if len(r["scene"]["objects"]) == 1}
+    said = lambda docs: {p.text for d in docs for p in d}
+    assert said(every) & one and not said(multi) & one     # a one-object clip is never in the slot
+    docs = reading_documents(200, set(), random.Random(0), reading_caption, one_object=False)
+    heads = [p.text.split(":")[0] for d in docs for p in d if p.kind == "text" and " background:" in p.text]
+    assert heads and all(" one object " not in h for h in heads) and any(" three objects " in h for h in heads)
+    tok = Tokenizer(stage0["tokenizer"])
+    settings = Stage0Settings(llama_epochs=2, llama_reading=0.5, llama_batch=4, llama_block=96, eval_n=0)
+    plain = pretrain_llama(CFG.llama, tok, world, settings, log=lambda *a: None)[1]
+    first = pretrain_llama(CFG.llama, tok, world, replace(settings, llama_binding_epochs=1), log=lambda *a: None)[1]
+    assert first["losses"] != plain["losses"] and first["steps"] <= plain["steps"] and first["val_loss"] < first["losses"][0]
 
 
 def test_by_length_puts_one_document_in_a_row_within_the_token_budget():

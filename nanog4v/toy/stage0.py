@@ -10,12 +10,8 @@ layouts*, so stages 1–2 load them through exactly the code the 7B weights take
     out_dir/llama/             LlamaForCausalLM, transformers layout, float16 (weights.load_llama)
     out_dir/stage0.json        settings, losses, metrics and wall times
 
-**Tokenizer** (`train_tokenizer`). BPE on the world's corpus.txt with LLaMA's settings: byte fallback,
-identity normalisation, spaces kept, <unk> 0 / <s> 1 / </s> 2, no pad piece (data.py needs them to
-tokenise the template segment by segment). The template's fixed strings are *user-defined symbols*,
-one piece each: the system text (≈110 pieces otherwise, now 1 + "\\n"), "###Human:", "###AI:" and the
-video tags. Every example in stages 1–2 starts with the system text, so this shortens every sequence.
-A user cannot type these pieces: data.escape breaks "###" and human video tags before tokenisation.
+**Tokenizer** (`stage0_tokenizer.train_tokenizer`): SentencePiece BPE on the world's corpus with LLaMA's
+settings, the template's fixed strings one piece each.
 
 **ViT** (`stage0_vision.pretrain_vision`): attribute prediction from the scenes' ground truth, frames
 read as stage 1 reads them; the reasons are in that module's docstring.
@@ -44,8 +40,13 @@ recipe", "What limits it").
 is a two- or three-object text scene followed by every object's colour, shape, motion and place asked,
 loss on the answers only (`stage0_reading.drill_documents`): the associative-recall layout that small
 models learn in-context lookup from. `llama_rows = "documents"` gives each document a row of its own
-(`by_length`), so a question never sees another clip's words. Both were measured against the default
-and are recorded in weights/nano/README.md with what they gained.
+(`by_length`), so a question never sees another clip's words. `llama_drill_steps` starts the LLaMA on
+drills alone, as plain text (`stage0_objects.raw_drill`: the slot, then "colour: circle red, heart
+blue"), and `phrase_pieces` makes every place phrase and motion one tokenizer piece, so that a noun-last
+slot is one token per attribute, as in the synthetic recall task a nano LLaMA learns the look-up from.
+`llama_binding_epochs` leaves every clip of one object out of the first epochs: there "the colour in
+the slot" is always the answer, a shortcut that delays the look-up (Edelman et al. 2024). All were
+measured against the default and are recorded in weights/nano/README.md with what they gained.
 
 **The world's questions asked afresh** (`llama_rephrase`, off by default): each epoch asks the stage-1
 clips again in the reading practice's wider phrasings (`stage0_reading.asked_in_wider_words`) instead of
@@ -63,7 +64,6 @@ val split measures. Schedules are `Stage0Settings`; the defaults are the nano pr
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 import time
@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import G4VConfig
-from ..data import AI, HUMAN, IGNORE, SYSTEM, Part, encode_parts, layout, normalize_answer
+from ..data import IGNORE, SYSTEM, Part, encode_parts, layout, normalize_answer
 from ..generate import SamplingConfig, generate
 from ..llama import LLaMA
 from ..readers import read_dialogues, read_safety, read_videochat
@@ -83,8 +83,9 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
-from .stage0_objects import (MOTION_SYMBOLS, ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
+from .stage0_objects import (ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
                              slot_tokens, world_scene)
+from .stage0_tokenizer import TEMPLATE_SYMBOLS, tokenizer_symbols, train_tokenizer   # noqa: F401 (re-exported)
 from .stage0_reading import asked_in_wider_words, drill_documents, reading_caption, reading_documents, with_caption
 from .world import Scene, caption
 from .stage0_vision import pretrain_vision
@@ -106,7 +107,7 @@ class Stage0Settings:
     llama_epochs: int = 4
     llama_reading: float = 0.4         # reading practice: wider-world text scenes per epoch, per train clip
     llama_drills: float = 0.0          # binding drills (stage0_reading.drill_documents) per epoch, per train clip
-    llama_drill_steps: int = 0         # steps of binding drills alone before the epochs (plain text for "objects")
+    llama_drill_steps: int = 0         # steps of binding drills alone, as plain text, before the epochs
     llama_batch: int = 8               # rows of packed documents per step
     llama_block: int = 256             # tokens per row
     llama_lr: float = 1e-3
@@ -116,6 +117,8 @@ class Stage0Settings:
     llama_slot: str = "caption"        # what the video slot holds: SLOTS
     llama_rows: str = "packed"         # "packed": documents packed into rows; "documents": one a row
     llama_rephrase: bool = False       # the world's stage-1 records asked afresh every epoch, in wider words
+    phrase_pieces: bool = False        # every place phrase and motion one tokenizer piece ("▁on▁the▁left")
+    llama_binding_epochs: int = 0      # first epochs whose clips all have two or three objects
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
@@ -131,46 +134,21 @@ PRESET_SETTINGS = {"nano": Stage0Settings(),      # the test preset below: a smo
                                           llama_block=64, eval_n=4)}
 
 
-# --- tokenizer -----------------------------------------------------------------------------------
-
-VIDEO_TAGS = [f"<{slash}video{k}>" for k in ("", 1, 2, 3, 4) for slash in ("", "/")]
-TEMPLATE_SYMBOLS = ["\u2581" + SYSTEM.strip().replace(" ", "\u2581"), HUMAN, AI,
-                    *VIDEO_TAGS, *("\u2581" + tag for tag in VIDEO_TAGS)]   # "▁" = a space before
-
-
-def train_tokenizer(corpus, out_path, vocab_size: int, symbols=TEMPLATE_SYMBOLS) -> Tokenizer:
-    """SentencePiece BPE on `corpus` (a text file, one sentence a line) with LLaMA's settings and the
-    template's fixed strings (`symbols`) as single pieces; writes `out_path` and returns it loaded."""
-    import sentencepiece as spm
-    corpus = Path(corpus)
-    if not corpus.is_file():
-        raise WorldError(f"{corpus}: no such corpus file (write the world with python -m nanog4v.toy)")
-    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, user_defined_symbols=list(symbols),
-        hard_vocab_limit=False, minloglevel=2)           # a small corpus may give fewer pieces: fine
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(model.getvalue())
-    return Tokenizer(out_path)
-
-
 # --- the LLaMA -----------------------------------------------------------------------------------
 
-def pretraining_documents(world_dir, split: str = "train", slot=caption, stage1: bool = True) -> list[list[Part]]:
+def pretraining_documents(world_dir, split: str = "train", slot=caption, stage1: bool = True,
+                          one_object: bool = True) -> list[list[Part]]:
     """The split's toy text as template parts (see the module docstring), one list per record; a clip
-    in a video slot is written `slot(its scene)`. `stage1=False` leaves out the stage-1 records."""
+    in a video slot is written `slot(its scene)`. `stage1=False` leaves out the stage-1 records,
+    `one_object=False` those about a clip of one object."""
     world_dir = Path(world_dir)
     files = {name: world_dir / name for name in (f"stage1_{split}.json", f"stage2_{split}.jsonl", f"safety_{split}.jsonl")}
     for f in files.values():
         if not f.is_file():
             raise WorldError(f"{f}: missing (not a complete toy world)")
-    captions = {r["id"]: slot(Scene.from_dict(r["scene"])) for r in read_world(world_dir)[1]}
-    docs = [with_caption(r, captions[Path(r["videos"][0]).stem])
-            for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)] if stage1 else []
+    scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in read_world(world_dir)[1]}
+    docs = [with_caption(r, slot(scene)) for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)
+            if len((scene := scenes[Path(r["videos"][0]).stem]).objects) > 1 or one_object] if stage1 else []
     docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
     docs += [layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
     return docs
@@ -292,6 +270,9 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     docs = {split: [encode_document(tokenizer, d, slot_size, rng) for d in
                     pretraining_documents(world_dir, split, slot, stage1=not (rephrase and split == "train"))]
             for split in ("train", "val")}
+    if settings.llama_binding_epochs:                   # the same without the clips of one object
+        docs["binding"] = [encode_document(tokenizer, d, slot_size, rng) for d in
+                           pretraining_documents(world_dir, "train", slot, stage1=not rephrase, one_object=False)]
     length = min(settings.llama_block, cfg.max_seq_len) + 1                     # inputs + the last target
     meta, scenes = read_world(world_dir)
     held, train_clips = {tuple(p) for p in meta["heldout_pairs"]}, sum(r["split"] == "train" for r in scenes)
@@ -303,18 +284,19 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     if settings.llama_rows not in ("packed", "documents"):
         raise Stage0Error(f"llama_rows must be packed or documents, not {settings.llama_rows!r}")
     b, batches = settings.llama_batch, []
-    while len(batches) < settings.llama_drill_steps:           # first, binding drills alone, one a row
-        if settings.llama_slot == "objects":                   # as plain text (stage0_objects.raw_drill)
-            drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng) for _ in range(256)]
-        else:
-            drills_ = [encode_document(tokenizer, d, slot_size, rng) for d in drill_documents(64, held, rng, slot, lists)]
+    while len(batches) < settings.llama_drill_steps:     # first, binding drills alone as plain text, one a row
+        drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng, None if lists else slot)
+                   for _ in range(256)]                   # (stage0_objects.raw_drill)
         batches += by_length(drills_, length, b * (length - 1), rng)
     batches = batches[:settings.llama_drill_steps]
-    for _ in range(settings.llama_epochs):
-        text = reading_documents(reading, held, rng, slot, lists) + drill_documents(drills, held, rng, slot, lists)
+    for e in range(settings.llama_epochs):
+        binding = e < settings.llama_binding_epochs       # no one-object clip: no copy-any-colour shortcut
+        text = (reading_documents(reading, held, rng, slot, lists, one_object=not binding)
+                + drill_documents(drills, held, rng, slot, lists))
         if rephrase:
-            text += [d for k, scene in enumerate(train_scenes) for d in asked_in_wider_words(scene, f"world{k}", rng, slot)]
-        epoch = docs["train"] + [encode_document(tokenizer, d, slot_size, rng) for d in text]
+            text += [d for k, scene in enumerate(train_scenes) for d in asked_in_wider_words(scene, f"world{k}", rng, slot)
+                     if len(scene.objects) > 1 or not binding]
+        epoch = docs["binding" if binding else "train"] + [encode_document(tokenizer, d, slot_size, rng) for d in text]
         if settings.llama_rows == "packed":
             rows = pack(epoch, length, rng)
             batches += [rows[i:i + b] for i in range(0, len(rows), b)]
@@ -373,8 +355,8 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
     read_world(world_dir)                                     # fail early on an incomplete world
     out_dir.mkdir(parents=True, exist_ok=True)
     times, started = {}, time.time()
-    symbols = TEMPLATE_SYMBOLS + (list(MOTION_SYMBOLS) if settings.llama_slot == "objects" else [])
-    tokenizer = train_tokenizer(world_dir / "corpus.txt", out_dir / "tokenizer.model", cfg.llama.vocab_size, symbols)
+    tokenizer = train_tokenizer(world_dir / "corpus.txt", out_dir / "tokenizer.model", cfg.llama.vocab_size,
+                                tokenizer_symbols(settings))
     system_pieces = len(tokenizer.encode(SYSTEM))
     times["tokenizer_s"] = round(time.time() - started, 1)
     log(f"stage 0 tokenizer: {tokenizer.vocab_size} pieces; the system text is {system_pieces} tokens")

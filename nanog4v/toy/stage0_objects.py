@@ -44,8 +44,9 @@ caption) and scored 43.0 % held-out QA (1 / 2 / 3 objects 65.6 / 29.3 / 29.4 %; 
 writes 1 of 100 first-turn prompts right, the shipped one 87). So the caption stays the nano
 recipe's slot and this one an option (weights/nano/README.md, "What limits it").
 
-The motion pieces are added to the tokenizer only for this slot (`stage0.run_stage0`), so the caption
-recipe's tokenizer, and the shipped checkpoint made with it, are unchanged.
+The motion pieces are added to the tokenizer only for this slot (or `phrase_pieces`;
+`stage0_tokenizer.tokenizer_symbols`), so the caption recipe's tokenizer, and the shipped checkpoint made
+with it, are unchanged.
 """
 from __future__ import annotations
 
@@ -55,9 +56,10 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Part
-from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITIONS, SHAPES, SIZES, Scene, Thing
+from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing
 
 MOTION_SYMBOLS = tuple("\u2581" + m.replace(" ", "\u2581") for m in MOTIONS if " " in m)   # "▁moves▁left", …
+PLACE_SYMBOLS = tuple("\u2581" + p.replace(" ", "\u2581") for p in POSITION_PHRASES.values())  # "▁on▁the▁left", …
 NOTHING = "nothing"
 
 # "List each object's colour." -> "circle red, square blue": the value right after its noun
@@ -123,22 +125,29 @@ def world_scene(rng: random.Random, held: set) -> Scene:
     return Scene(tuple(things), rng.choice(list(BACKGROUNDS)))
 
 
-def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random) -> tuple[list, list[int]]:
+def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random, slot=None) -> tuple[list, list[int]]:
     """A binding drill as plain text, without the chat template: the slot, then one line per field,
     "colour: circle red, square blue", every token after the slot a target. (ids, labels) as
-    stage0.encode_document makes them.
+    stage0.encode_document makes them. The slot holds `n` slot tokens, or, given a caption writer
+    `slot` (stage0.SLOTS), the clip as words; then places are said as the captions say them ("circle on
+    the left").
 
     Why without the template: in a probe (nano LLaMA, fresh 2–3 object scenes, batch 32, lr 3e-3) the
     answers' loss fell to 0.26 in 300 steps in such short rows but was still 0.68 after 500 with the
     system text and the "###Human:" / "###AI:" turns around the same lists; trained 300 steps plain and
     then in the template, it was 0.17 after 200 more. A pretrained LLM, too, learned to read from plain
     text, not from chat transcripts."""
-    ids = [tokenizer.bos_id, *tokenizer.encode("<video>"), *slot_tokens(tokenizer, scene, n, rng),
-           *tokenizer.encode("</video>")]
+    if slot is None:
+        ids = [tokenizer.bos_id, *tokenizer.encode("<video>"), *slot_tokens(tokenizer, scene, n, rng),
+               *tokenizer.encode("</video>")]
+    else:
+        ids = [tokenizer.bos_id, *tokenizer.encode(f"<video> {slot(scene)} </video>")]
+    value = (lambda t, field: getattr(t, field)) if slot is None else (
+        lambda t, field: POSITION_PHRASES[t.position] if field == "position" else getattr(t, field))
     labels = [-100] * len(ids)
     for field in rng.sample(list(LIST_ASKS), len(LIST_ASKS)):
         things = rng.sample(scene.objects, len(scene.objects))
-        line = tokenizer.encode(f"{field}: " + ", ".join(f"{t.shape} {getattr(t, field)}" for t in things) + "\n")
+        line = tokenizer.encode(f"{field}: " + ", ".join(f"{t.shape} {value(t, field)}" for t in things) + "\n")
         ids += line
         labels += line
     return ids + [tokenizer.eos_id], labels + [tokenizer.eos_id]

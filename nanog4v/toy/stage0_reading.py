@@ -155,11 +155,11 @@ def loosen(question: str, rng: random.Random) -> str:
     return question
 
 
-def reading_scene(rng: random.Random, held: set) -> Scene:
+def reading_scene(rng: random.Random, held: set, one_object: bool = True) -> Scene:
     """A scene that exists only as words: colours, shapes and backgrounds from a wider vocabulary than
-    the videos show (never a held-out pair of the world)."""
+    the videos show (never a held-out pair of the world); two or three objects unless `one_object`."""
     colours, shapes = (*COLOURS, *EXTRA_COLOURS), (*SHAPES, *EXTRA_SHAPES)
-    n = rng.choices((1, 2, 3), weights=(4, 4, 3))[0]
+    n = rng.choices((1, 2, 3), weights=(4 * one_object, 4, 3))[0]
     pairs: list[tuple[str, str]] = []
     while len(pairs) < n:
         pair = (rng.choice(colours), rng.choice(shapes))
@@ -218,14 +218,16 @@ def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=capti
     return docs
 
 
-def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False) -> list[list[Part]]:
+def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False,
+                      one_object: bool = True) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
     and a request to show a scene answered with its `<video>` caption (alone, or after the drill).
-    Phrasings: the world's train ones and `PARAPHRASES`."""
+    Phrasings: the world's train ones and `PARAPHRASES`. Without `one_object`, every scene asked about
+    has two or three objects."""
     docs = []
     for k in range(n):
-        scene = reading_scene(rng, held)
+        scene = reading_scene(rng, held, one_object)
         docs += asked_in_wider_words(scene, f"reading{k}", rng, slot)
         turns = drill_turns(scene, rng, lists=lists)
         if rng.random() < 0.5:                                          # a request alone, of this scene
