@@ -147,8 +147,11 @@ def pretraining_documents(world_dir, split: str = "train", slot=caption, stage1:
         if not f.is_file():
             raise WorldError(f"{f}: missing (not a complete toy world)")
     scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in read_world(world_dir)[1]}
-    docs = [with_caption(r, slot(scene)) for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False)
-            if len((scene := scenes[Path(r["videos"][0]).stem]).objects) > 1 or one_object] if stage1 else []
+    docs = []
+    for r in read_videochat(files[f"stage1_{split}.json"], check_videos=False) if stage1 else []:
+        scene = scenes[Path(r["videos"][0]).stem]
+        if one_object or len(scene.objects) > 1:
+            docs.append(with_caption(r, slot(scene)))
     docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
     docs += [layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
     return docs
