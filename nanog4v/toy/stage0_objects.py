@@ -142,8 +142,10 @@ def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random, slot=None) ->
                *tokenizer.encode("</video>")]
     else:
         ids = [tokenizer.bos_id, *tokenizer.encode(f"<video> {slot(scene)} </video>")]
-    value = (lambda t, field: getattr(t, field)) if slot is None else (
-        lambda t, field: POSITION_PHRASES[t.position] if field == "position" else getattr(t, field))
+
+    def value(t: Thing, field: str) -> str:            # a place as the captions say it when the slot is words
+        return POSITION_PHRASES[t.position] if field == "position" and slot is not None else getattr(t, field)
+
     labels = [-100] * len(ids)
     for field in rng.sample(list(LIST_ASKS), len(LIST_ASKS)):
         things = rng.sample(scene.objects, len(scene.objects))
