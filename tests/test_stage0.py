@@ -4,6 +4,7 @@ import json
 import random
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,7 +120,6 @@ def test_train_all_runs_every_stage_into_one_checkpoint_and_skips_what_is_done(t
     """`train.py --stage all` (test preset, 2 steps a stage): world, stage 0, features, stages 1 and 2,
     in the layout chat.py loads; run again, it finds every stage done and trains nothing."""
     import importlib.util
-    from pathlib import Path
 
     from nanog4v.assistant import load_chat_model
     from nanog4v.lora import LoRALinear
@@ -369,7 +369,7 @@ def test_binding_epochs_read_only_clips_of_two_or_three_objects(world, stage0):
     colour, place or motion in the slot whatever the question names."""
     objects = {r["id"]: len(r["scene"]["objects"]) for r in read_world(world)[1]}
     records = list(read_videochat(world / "stage1_train.json", check_videos=False))
-    ones = sum(objects[r["videos"][0].split("/")[-1].rsplit(".", 1)[0]] == 1 for r in records)
+    ones = sum(objects[Path(r["videos"][0]).stem] == 1 for r in records)
     assert 0 < ones < len(records)
     every, multi = (pretraining_documents(world, "train", one_object=k) for k in (True, False))
     assert len(every) - len(multi) == ones

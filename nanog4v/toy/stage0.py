@@ -297,8 +297,8 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
         text = (reading_documents(reading, held, rng, slot, lists, one_object=not binding)
                 + drill_documents(drills, held, rng, slot, lists))
         if rephrase:
-            text += [d for k, scene in enumerate(train_scenes) for d in asked_in_wider_words(scene, f"world{k}", rng, slot)
-                     if len(scene.objects) > 1 or not binding]
+            text += [d for k, scene in enumerate(train_scenes) if len(scene.objects) > 1 or not binding
+                     for d in asked_in_wider_words(scene, f"world{k}", rng, slot)]
         epoch = docs["binding" if binding else "train"] + [encode_document(tokenizer, d, slot_size, rng) for d in text]
         if settings.llama_rows == "packed":
             rows = pack(epoch, length, rng)
