@@ -313,6 +313,11 @@ def test_a_raw_drill_is_the_slot_then_one_line_per_field_all_of_it_targets(objec
             field, items = line.split(":")
             said = {item.split(" ", 1)[0]: item.split(" ", 1)[1] for item in items.strip().split(", ")}
             assert said == {t.shape: getattr(t, field.strip()) for t in scene.objects}
+        bare_ids, bare_labels = raw_drill(tok, scene, 16, random.Random(1), bare=True)   # the objects alone
+        bare = [t for t in bare_ids if isinstance(t, tuple)]
+        assert sorted(bare) == sorted(tuple(i for w in (t.colour, t.position, t.motion, t.shape) for i in tok.encode(w))
+                                      for t in scene.objects)
+        assert len(bare_ids) - len(bare) == len(ids) - 16 and bare_labels.count(IGNORE) == len(bare) + 3
 
 
 def test_a_raw_drill_can_hold_the_clip_as_words_and_phrases_can_be_one_piece(world, tmp_path):
@@ -343,6 +348,27 @@ def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
     assert metrics["caption_qa"]["n"] == 4 and metrics["val_loss"] < metrics["losses"][0]
     docs = pretraining_documents(world, "train", object_slot)
     assert sum(isinstance(p, ObjectsPart) for d in docs for p in d) == len(list(read_videochat(world / "stage1_train.json")))
+
+
+def test_the_drills_can_hold_objects_while_the_epochs_read_captions(world, objects_tok):
+    """llama_drill_slots: the plain drills first read the clip as slot tokens ("objects", or "bare-objects":
+    the objects alone), then as words, in that order; the epochs read captions; the tokenizer keeps each
+    motion whole for the slot tokens."""
+    settings = Stage0Settings(llama_epochs=1, llama_reading=0.0, llama_batch=4, llama_block=96, eval_n=4,
+                              llama_drill_slots=("objects",), llama_drill_steps=3)
+    assert set(MOTION_SYMBOLS) <= set(tokenizer_symbols(settings)) and not set(MOTION_SYMBOLS) & set(
+        tokenizer_symbols(replace(settings, llama_drill_slots=())))
+    run = lambda s: pretrain_llama(CFG.llama, objects_tok, world, s, log=lambda *a: None,
+                                   slot_size=CFG.abstractor.num_output_tokens)[1]
+    objects, words = run(settings), run(replace(settings, llama_drill_slots=("caption",)))
+    assert objects["steps"] == words["steps"] and objects["losses"][:3] != words["losses"][:3]
+    assert objects["caption_qa"]["n"] == 4 and objects["val_loss"] < objects["losses"][0]
+    both = run(replace(settings, llama_drill_slots=("objects", "caption")))       # 1 step of objects, 2 of words
+    assert both["losses"][:1] == objects["losses"][:1] and both["losses"][1:3] != objects["losses"][1:3]
+    bare = replace(settings, llama_drill_slots=("bare-objects", "caption"))
+    assert set(MOTION_SYMBOLS) <= set(tokenizer_symbols(bare)) and run(bare)["losses"][:1] != both["losses"][:1]
+    with pytest.raises(Stage0Error, match="llama_drill_slots must be some of"):
+        run(replace(settings, llama_drill_slots=("objects", "pixels")))
 
 
 def test_rephrase_asks_the_world_clips_afresh_each_epoch_instead_of_its_stage1_records(world, stage0):

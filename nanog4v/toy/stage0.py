@@ -36,28 +36,26 @@ What it gained at each step, and what this stage still does not teach (binding a
 of two or three objects it names), is recorded in weights/nano/README.md ("Experiments behind the
 recipe", "What limits it").
 
-**Binding drills and rows** (`Stage0Settings.llama_drills`, `llama_rows`; both off by default). A drill
-is a two- or three-object text scene followed by every object's colour, shape, motion and place asked,
-loss on the answers only (`stage0_reading.drill_documents`): the associative-recall layout that small
-models learn in-context lookup from. `llama_rows = "documents"` gives each document a row of its own
-(`by_length`), so a question never sees another clip's words. `llama_drill_steps` starts the LLaMA on
-drills alone, as plain text (`stage0_objects.raw_drill`: the slot, then "colour: circle red, heart
-blue"), and `phrase_pieces` makes every place phrase and motion one tokenizer piece, so that a noun-last
-slot is one token per attribute, as in the synthetic recall task a nano LLaMA learns the look-up from.
-`llama_binding_epochs` leaves every clip of one object out of the first epochs: there "the colour in
-the slot" is always the answer, a shortcut that delays the look-up (Edelman et al. 2024). All were
+**Binding drills and rows** (`Stage0Settings.llama_drills`, `llama_rows`; off by default). A drill is a
+two- or three-object text scene followed by every object's colour, shape, motion and place asked, loss
+on the answers only (`stage0_reading.drill_documents`); `llama_rows = "documents"` gives each document a
+row of its own (`by_length`). `llama_drill_steps` starts the LLaMA on drills alone, as plain text
+(`stage0_objects.raw_drill`: the slot, then "colour: circle red, heart blue"), and `llama_drill_slots`
+says what their slot holds, in turn: ("bare-objects", "caption") first reads each object as one token,
+the sum of its words' embeddings (the look-up is one attention step there and forms in a few hundred
+steps), then the clip as words, where that look-up carries over — from words alone it does not form
+within the CPU budget. `phrase_pieces` makes every place phrase and motion one tokenizer piece;
+`llama_binding_epochs` leaves the clips of one object out of the first epochs ("the colour in the
+slot" is always the answer there, a shortcut that delays the look-up: Edelman et al. 2024). All were
 measured against the default and are recorded in weights/nano/README.md with what they gained.
 
 **The world's questions asked afresh** (`llama_rephrase`, off by default): each epoch asks the stage-1
 clips again in the reading practice's wider phrasings (`stage0_reading.asked_in_wider_words`) instead of
 repeating their records; no better over three seeds (weights/nano/README.md, "What limits it").
 
-**The video slot as objects** (`Stage0Settings.llama_slot = "objects"`, stage0_objects.py). Instead of
-a caption, the slot holds N tokens, one per object, each the sum of its words' embeddings: finding the
-object a question names is then one attention step instead of an induction circuit. Its binding
-curriculum, `llama_drill_steps`, starts the LLaMA on drills written as plain text (no chat template),
-where that step forms in a few hundred steps, before the epochs. `OBJECTS` is that recipe; it binds in
-the text but not yet through stage 1, so it is not the nano default (stage0_objects.py says by how much).
+**The video slot as objects** (`llama_slot = "objects"`, stage0_objects.py): the slot holds N tokens,
+one per object, each the sum of its words' embeddings, through every epoch too. `OBJECTS` is that
+recipe; it binds in the text but not through stage 1 (stage0_objects.py says by how much).
 
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
@@ -119,6 +117,7 @@ class Stage0Settings:
     llama_rephrase: bool = False       # the world's stage-1 records asked afresh every epoch, in wider words
     phrase_pieces: bool = False        # every place phrase and motion one tokenizer piece ("▁on▁the▁left")
     llama_binding_epochs: int = 0      # first epochs whose clips all have two or three objects
+    llama_drill_slots: tuple = ()      # the plain drills' slots in turn (SLOTS, "bare-objects"; (): llama_slot)
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
@@ -268,6 +267,9 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     if settings.llama_slot not in SLOTS:
         raise Stage0Error(f"llama_slot must be one of {', '.join(SLOTS)}, not {settings.llama_slot!r}")
     slot, lists = SLOTS[settings.llama_slot], settings.llama_slot == "objects"
+    drill_slots = settings.llama_drill_slots or (settings.llama_slot,)
+    if any(s not in (*SLOTS, "bare-objects") for s in drill_slots):
+        raise Stage0Error(f"llama_drill_slots must be some of {', '.join(SLOTS)}, bare-objects, not {drill_slots!r}")
     rng = random.Random(seed)
     rephrase = settings.llama_rephrase                  # the train split's stage-1 records: asked afresh each epoch
     docs = {split: [encode_document(tokenizer, d, slot_size, rng) for d in
@@ -287,11 +289,14 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     if settings.llama_rows not in ("packed", "documents"):
         raise Stage0Error(f"llama_rows must be packed or documents, not {settings.llama_rows!r}")
     b, batches = settings.llama_batch, []
-    while len(batches) < settings.llama_drill_steps:     # first, binding drills alone as plain text, one a row
-        drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng, None if lists else slot)
-                   for _ in range(256)]                   # (stage0_objects.raw_drill)
-        batches += by_length(drills_, length, b * (length - 1), rng)
-    batches = batches[:settings.llama_drill_steps]
+    for k, name in enumerate(drill_slots):                # first, binding drills alone as plain text, one a row,
+        steps = settings.llama_drill_steps * (k + 1) // len(drill_slots)       # the steps shared by the slots
+        while len(batches) < steps:
+            drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng,
+                                 SLOTS.get(name) if name != "objects" else None, bare=name == "bare-objects")
+                       for _ in range(256)]                   # (stage0_objects.raw_drill)
+            batches += by_length(drills_, length, b * (length - 1), rng)
+        batches = batches[:steps]
     for e in range(settings.llama_epochs):
         binding = e < settings.llama_binding_epochs       # no one-object clip: no copy-any-colour shortcut
         text = (reading_documents(reading, held, rng, slot, lists, one_object=not binding)

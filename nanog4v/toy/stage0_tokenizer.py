@@ -48,7 +48,8 @@ def train_tokenizer(corpus, out_path, vocab_size: int, symbols=TEMPLATE_SYMBOLS)
 
 def tokenizer_symbols(settings) -> list[str]:
     """The pieces the tokenizer must keep whole, given stage0.Stage0Settings: the template's; each motion
-    for the "objects" slot (its tokens sum a motion's embedding); each motion and place phrase with
-    `phrase_pieces`."""
-    return TEMPLATE_SYMBOLS + (list(MOTION_SYMBOLS) if settings.llama_slot == "objects" or settings.phrase_pieces
+    for the "objects" slot or "bare-objects" drills (their tokens sum a motion's embedding); each motion
+    and place phrase with `phrase_pieces`."""
+    objects = {"objects", "bare-objects"} & {settings.llama_slot, *settings.llama_drill_slots}
+    return TEMPLATE_SYMBOLS + (list(MOTION_SYMBOLS) if objects or settings.phrase_pieces
                                else []) + (list(PLACE_SYMBOLS) if settings.phrase_pieces else [])
