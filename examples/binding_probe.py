@@ -36,8 +36,8 @@ SHAPES = ["circle", "square", "triangle", "star", "cross", "heart"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
 PLACES = ["left", "top", "centre", "bottom", "right"]
 MOTIONS = ["go_left", "go_right", "go_up", "go_down", "grows", "shrinks", "spins", "still"]
-KINDS = {"colour": "colour", "place": "place", "motion": "motion"}          # what is asked -> scene field
-WORDS = ["<pad>", "<q>", "<a>", ";", "?", ":", ","] + list(KINDS) + SHAPES + COLOURS + PLACES + MOTIONS
+KINDS = ["colour", "place", "motion"]          # what is asked: a field of each object
+WORDS = ["<pad>", "<q>", "<a>", ";", "?", ":", ","] + KINDS + SHAPES + COLOURS + PLACES + MOTIONS
 ID = {w: i for i, w in enumerate(WORDS)}
 IGNORE = -100
 
@@ -59,16 +59,16 @@ def row(objects: list[dict], form: str, ask: str, order: str, rng: random.Random
             pos += [(w,) for w in words] + [(ID[";"],)]
     labels = [IGNORE] * len(pos)
     if ask == "line":
-        for kind in rng.sample(list(KINDS), len(KINDS)):
+        for kind in rng.sample(KINDS, len(KINDS)):
             pos += [(ID[kind],), (ID[":"],)]; labels += [IGNORE] * 2
             for o in rng.sample(objects, len(objects)):
-                value = ID[o[KINDS[kind]]]
+                value = ID[o[kind]]
                 pos += [(ID[o["shape"]],), (value,), (ID[","],)]; labels += [value, IGNORE, IGNORE]
         return pos, labels
     questions = [(kind, o) for o in objects for kind in KINDS]
     rng.shuffle(questions)
     for kind, o in questions:
-        value = ID[o[KINDS[kind]]]
+        value = ID[o[kind]]
         asked = [(ID["<q>"],), (ID[kind],), (ID[o["shape"]],)] + ([(ID["?"],), (ID["<a>"],)] if ask == "sep" else [])
         pos += asked + [(value,)]
         labels += [IGNORE] * (len(asked) - 1) + [value, IGNORE]    # the answer is predicted at the last asked position

@@ -23,7 +23,7 @@ def test_rows_put_each_answer_where_the_layout_says_and_nothing_else_is_learned(
             assert ask != "sep" or pos[i] == (ID["<a>"],)
             asked = next(o for o in objects if (ID[o["shape"]],) == pos[i + noun_at])
             kind = next(kind_of[pos[j][0]] for j in range(i, -1, -1) if pos[j][0] in kind_of)
-            assert value == ID[asked[KINDS[kind]]]                        # the named object's value, not another's
+            assert value == ID[asked[kind]]                        # the named object's value, not another's
     ids, weights, labels = batch([row(objects, "one", "sep", "attr-first", rng)])
     assert ids.shape[-1] == 4 and weights[0, 0].tolist() == [1, 1, 1, 1] and weights[0, 1].tolist() == [1, 0, 0, 0]
 

@@ -292,8 +292,8 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
     for k, name in enumerate(drill_slots):                # first, binding drills alone as plain text, one a row,
         steps = settings.llama_drill_steps * (k + 1) // len(drill_slots)       # the steps shared by the slots
         while len(batches) < steps:
-            drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng,
-                                 SLOTS.get(name) if name != "objects" else None, bare=name == "bare-objects")
+            words = None if name in ("objects", "bare-objects") else SLOTS[name]     # slot tokens or a caption writer
+            drills_ = [raw_drill(tokenizer, world_scene(rng, held), slot_size, rng, words, bare=name == "bare-objects")
                        for _ in range(256)]                   # (stage0_objects.raw_drill)
             batches += by_length(drills_, length, b * (length - 1), rng)
         batches = batches[:steps]
