@@ -6,6 +6,8 @@ them by hand, one `train.py` command each:
     DIR/toyworld/                 the toy world (`python -m nanog4v.toy`), rendered when missing
     DIR/tokenizer.model, vision/, llama/, stage0.json      stage 0 (stage0.py), from the world's train split
     DIR/features/                 the frozen ViT's features of stage 1's clips (`python -m nanog4v.features`)
+    DIR/abstractor/               only with Stage0Settings.abstractor_steps: the pretrained abstractor
+                                  (stage0_abstractor.py), stage 1's --init
     DIR/stage1/                   python train.py --stage 1 --data toyworld/stage1_train.json --features-dir …
     DIR/stage2/                   python train.py --stage 2 --init DIR/stage1 --data toyworld/stage2_train.jsonl …
     DIR/losses.png                the loss curve of every stage, side by side
@@ -85,7 +87,8 @@ def run_all(out: Path, preset_name: str = "nano", *, world: Path | None = None, 
     videos = unique_videos(read_records(stage1_data, None, True, log=lambda *a, **k: None))
     cache_features(load_vision(out / "vision"), videos, out / "features", preset(preset_name).num_frames,
                    progress=not quiet)
-    stages = {1: ["--data", stage1_data[0], "--val", stage1_data[1], "--features-dir", out / "features"],
+    pretrained = ["--init", out / "abstractor"] if (out / "abstractor" / "config.json").is_file() else []
+    stages = {1: ["--data", stage1_data[0], "--val", stage1_data[1], "--features-dir", out / "features", *pretrained],
               2: ["--data", world / "stage2_train.jsonl", world / "safety_train.jsonl",
                   "--val", world / "stage2_val.jsonl", "--init", out / "stage1"]}
     for k, data in stages.items():

@@ -57,6 +57,12 @@ repeating their records; no better over three seeds (weights/nano/README.md, "Wh
 one per object, each the sum of its words' embeddings, through every epoch too. `OBJECTS` is that
 recipe; it binds in the text but not through stage 1 (stage0_objects.py says by how much).
 
+**A pretrained abstractor** (`Stage0Settings.abstractor_steps`, stage0_abstractor.py; off by default).
+The official code starts from mPLUG-Owl's pretrained abstractor; this step stands in for it: after the
+LLaMA, the ViT's features of the world's stage-1 clips are cached (out_dir/features) and an abstractor
+of `abstractor_queries` queries learns to write each clip's caption as the LLaMA's own embeddings
+(out_dir/abstractor, the `--init` of stage 1 in `train.py --stage all`).
+
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; the defaults are the nano preset's.
 """
@@ -81,6 +87,7 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
+from .stage0_abstractor import make_abstractor
 from .stage0_objects import (ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
                              slot_tokens, world_scene)
 from .stage0_tokenizer import TEMPLATE_SYMBOLS, tokenizer_symbols, train_tokenizer   # noqa: F401 (re-exported)
@@ -118,6 +125,9 @@ class Stage0Settings:
     phrase_pieces: bool = False        # every place phrase and motion one tokenizer piece ("▁on▁the▁left")
     llama_binding_epochs: int = 0      # first epochs whose clips all have two or three objects
     llama_drill_slots: tuple = ()      # the plain drills' slots in turn (SLOTS, "bare-objects"; (): llama_slot)
+    abstractor_steps: int = 0          # steps writing captions as the LLaMA's embeddings (stage0_abstractor; 0: none)
+    abstractor_queries: int = 30       # its N: a caption of three objects is 30 pieces with the bare-object tokenizer
+    abstractor_motion_weight: float = 10.0   # motion pieces weigh this much more in its cross-entropy
 
 
 SLOTS = {"caption": caption,             # the world's English caption, "a large red circle on the left moves right …"
@@ -390,12 +400,17 @@ def run_stage0(world_dir, cfg: G4VConfig, out_dir, *, seed: int = 0, log=print,
     times["llama_s"] = round(time.time() - t, 1)
     log(f"stage 0 LLaMA: val loss {llama_metrics['val_loss']:.4f}"
         + (f", caption QA accuracy {llama_metrics['caption_qa']['accuracy']:.3f}" if "caption_qa" in llama_metrics else ""))
+    if settings.abstractor_steps:
+        t = time.time()
+        abstractor_metrics = make_abstractor(cfg, vit, llama, tokenizer, world_dir, out_dir, settings, seed=seed, log=log)
+        times["abstractor_s"] = round(time.time() - t, 1)
     times["total_s"] = round(time.time() - started, 1)
 
     report = {"preset": cfg.name, "world": str(world_dir), "seed": seed, "settings": asdict(settings),
               "dtype": {"vision": "float32", "llama": "float16"}, "times": times,
               "tokenizer": {"vocab_size": tokenizer.vocab_size, "system_text_tokens": system_pieces},
-              "vision": vit_metrics, "llama": llama_metrics}
+              "vision": vit_metrics, "llama": llama_metrics,
+              **({"abstractor": abstractor_metrics} if settings.abstractor_steps else {})}
     (out_dir / "stage0.json").write_text(json.dumps(report, indent=1))
     log(f"stage 0: wrote {out_dir} in {times['total_s']:.0f}s")
     return {"tokenizer": out_dir / "tokenizer.model", "vision": out_dir / "vision", "llama": out_dir / "llama",
