@@ -126,11 +126,12 @@ def pretrain_abstractor(cfg: G4VConfig, llama: LLaMA, tokenizer: Tokenizer, worl
         for group in opt.param_groups:
             group["lr"] = lr_at(step, lr, min(WARMUP, steps // 10), steps)
         idx = torch.tensor([rng.randrange(len(x)) for _ in range(BATCH)])
+        target, w = y[idx], weight[idx]                                    # (B, N), (B, N)
         tokens = abstractor(x[idx])                                        # (B, N, d_llm)
-        distance = (tokens - table[y[idx]]).pow(2).sum(-1).mean() / scale
+        distance = (tokens - table[target]).pow(2).sum(-1).mean() / scale
         logits = (2 * tokens @ table.T - table.pow(2).sum(-1)) / (TAU * scale)   # −‖t − E_v‖² + ‖t‖², (B, N, V)
-        ce = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none").view_as(weight[idx])
-        loss = distance + (ce * weight[idx]).sum() / weight[idx].sum()
+        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(w)
+        loss = distance + (ce * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(abstractor.parameters(), 1.0)
