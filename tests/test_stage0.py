@@ -18,8 +18,9 @@ from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, b
                                train_tokenizer)
 from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, bag_embeddings, list_turns, object_slot,
                                        raw_drill, thing_pieces, world_scene)
-from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, PARAPHRASES, asked_in_wider_words, drill_documents,
-                                        frame, loosen, reading_caption, reading_documents, with_caption)
+from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, MORE_PARAPHRASES, PARAPHRASES, WIDEST,
+                                        asked_in_wider_words, drill_documents, frame, loosen, reading_caption,
+                                        reading_documents, with_caption)
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.worlddir import WorldError, read_world, write_world
 from nanog4v.toy.phrases import PHRASINGS
@@ -212,6 +213,20 @@ def test_reading_practice_asks_in_wider_words_but_never_a_held_out_phrasing():
     assert share > 0.5                               # the paraphrases are read, not only listed
 
 
+def test_more_paraphrases_are_read_only_when_asked_for_and_never_a_held_out_phrasing():
+    """llama_more_paraphrases: the reading practice draws from WIDEST (WIDER + MORE_PARAPHRASES); the
+    default never asks in them, so the default recipe's draws stay as they were."""
+    held = [h for _, hs in PHRASINGS.values() for h in hs]
+    assert not [(p, h) for ps in MORE_PARAPHRASES.values() for p in ps for h in held if frame(p) == frame(h)]
+    assert sum(map(len, MORE_PARAPHRASES.values())) == 15
+    more = [as_pattern(p) for ps in MORE_PARAPHRASES.values() for p in ps]
+    ask = lambda docs: [p.text for d in docs for p in d if p.kind == "text" and p.text.startswith(HUMAN)]
+    default, widest = (ask(reading_documents(300, set(), random.Random(0), **kw)) for kw in ({}, {"phrasings": WIDEST}))
+    assert not [q for q in default if any(p.search(q) for p in more)]
+    assert sum(any(p.search(q) for p in more) for q in widest) > 30
+    assert not [q for q in widest for pattern in map(as_pattern, held) if pattern.search(q)]
+
+
 def as_pattern(template: str) -> re.Pattern:
     """A phrasing template as a regular expression, each {slot} any words."""
     return re.compile(re.sub(r"\\{\w+\\}", ".+", re.escape(template)))
@@ -338,6 +353,10 @@ def test_a_raw_drill_can_hold_the_clip_as_words_and_phrases_can_be_one_piece(wor
     lines = sorted(line.strip() for line in tok.decode(ids[end:-1]).split("\n") if line.strip())
     assert [sorted(line.split(": ")[1].split(", ")) for line in lines] == [
         ["circle red", "heart blue"], ["circle moves right", "heart grows"], ["circle on the left", "heart at the top"]]
+    copied, copied_labels = raw_drill(tok, scene, 16, random.Random(0), reading_caption, copy=True)   # llama_drill_copy
+    again = tok.encode(f"again: {reading_caption(scene)}\n")
+    assert copied == ids[:-1] + again + ids[-1:] and copied_labels == labels[:-1] + again + labels[-1:]
+    assert raw_drill(tok, scene, 16, random.Random(0), copy=True) == raw_drill(tok, scene, 16, random.Random(0))
 
 
 def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
@@ -369,6 +388,22 @@ def test_the_drills_can_hold_objects_while_the_epochs_read_captions(world, objec
     assert set(MOTION_SYMBOLS) <= set(tokenizer_symbols(bare)) and run(bare)["losses"][:1] != both["losses"][:1]
     with pytest.raises(Stage0Error, match="llama_drill_slots must be some of"):
         run(replace(settings, llama_drill_slots=("objects", "pixels")))
+
+
+def test_plain_epochs_come_before_the_drills_on_their_own_schedule(world, objects_tok):
+    """llama_plain_epochs: first that many epochs of the recipe without drills (exactly as a run of its own),
+    then the drills and llama_epochs more, starting from the weights the plain epochs left."""
+    settings = Stage0Settings(llama_epochs=1, llama_reading=0.0, llama_batch=4, llama_block=96, eval_n=0,
+                              llama_drill_slots=("bare-objects", "caption"), llama_drill_steps=2)
+    run = lambda s: pretrain_llama(CFG.llama, objects_tok, world, s, log=lambda *a: None,
+                                   slot_size=CFG.abstractor.num_output_tokens)[1]
+    alone, drills = run(replace(settings, llama_drill_steps=0)), run(settings)
+    both = run(replace(settings, llama_plain_epochs=1))
+    n = alone["steps"]
+    assert both["plain_epochs"]["steps"] == n and both["steps"] == n + drills["steps"]
+    assert both["losses"][:n] == alone["losses"]                    # the plain epochs, as a run of their own
+    assert both["losses"][n] != drills["losses"][0]                 # the drills start from their weights
+    assert len(both["losses"]) == both["steps"]
 
 
 def test_rephrase_asks_the_world_clips_afresh_each_epoch_instead_of_its_stage1_records(world, stage0):

@@ -11,6 +11,7 @@ from nanog4v.config import preset
 from nanog4v.model import GPT4Video
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.stage0 import Stage0Settings, run_stage0
+from nanog4v.toy.recipe import pretrained_abstractor
 from nanog4v.toy.stage0_abstractor import (PAD_PIECE, AbstractorError, caption_clips, caption_targets, motion_ids,
                                            nearest_pieces, pretrain_abstractor)
 from nanog4v.toy.world import MOTIONS, Scene, caption
@@ -74,13 +75,16 @@ def test_stage0_writes_an_abstractor_that_learned_and_stage1_starts_from_it(stag
         right = (nearest_pieces(model.abstractor(x), llama.embed_tokens.weight) == y)[words].float().mean()
         fresh = (nearest_pieces(GPT4Video(cfg).abstractor(x), llama.embed_tokens.weight) == y)[words].float().mean()
     assert right > 0.4 and fresh < 0.2
-    # train.py --stage 1 --init DIR/abstractor: the abstractor's N wins over the preset's
+    # train.py --stage 1 --init DIR/abstractor (as --stage all hands it on, for stage 0's epochs): the
+    # abstractor's N wins over the preset's
+    assert pretrained_abstractor(out) == ["--init", out / "abstractor", "--epochs", SETTINGS.abstractor_stage1_epochs]
+    assert pretrained_abstractor(tmp_path) == []
     spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parent.parent / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     argv = ["--stage", "1", "--preset", "test", "--vision", str(out / "vision"), "--llama", str(out / "llama"),
             "--tokenizer", str(out / "tokenizer.model"), "--data", str(world / "stage1_train.json"),
-            "--features-dir", str(out / "features"), "--init", str(out / "abstractor"), "--max-steps", "1",
+            "--features-dir", str(out / "features"), *map(str, pretrained_abstractor(out)), "--max-steps", "1",
             "--eval-n", "0", "--out", str(tmp_path / "stage1"), "--quiet"]
     assert train.main(argv) == 0
     assert GPT4Video.read_config(tmp_path / "stage1")[0].abstractor.num_queries == N

@@ -87,7 +87,7 @@ def run_all(out: Path, preset_name: str = "nano", *, world: Path | None = None, 
     videos = unique_videos(read_records(stage1_data, None, True, log=lambda *a, **k: None))
     cache_features(load_vision(out / "vision"), videos, out / "features", preset(preset_name).num_frames,
                    progress=not quiet)
-    pretrained = ["--init", out / "abstractor"] if (out / "abstractor" / "config.json").is_file() else []
+    pretrained = pretrained_abstractor(out)
     stages = {1: ["--data", stage1_data[0], "--val", stage1_data[1], "--features-dir", out / "features", *pretrained],
               2: ["--data", world / "stage2_train.jsonl", world / "safety_train.jsonl",
                   "--val", world / "stage2_val.jsonl", "--init", out / "stage1"]}
@@ -103,6 +103,15 @@ def run_all(out: Path, preset_name: str = "nano", *, world: Path | None = None, 
             raise RecipeError(f"{run_dir}: stage {k} failed (its error is above); the same command continues it")
     plot_recipe(out)
     return json.loads((out / "stage2" / "summary.json").read_text())
+
+
+def pretrained_abstractor(out: Path) -> list:
+    """Stage 1's flags for stage 0's pretrained abstractor, if there is one: `--init` it, for the epochs
+    stage 0's settings give (`Stage0Settings.abstractor_stage1_epochs`); else none."""
+    if not (out / "abstractor" / "config.json").is_file():
+        return []
+    epochs = json.loads((out / "stage0.json").read_text())["settings"].get("abstractor_stage1_epochs")
+    return ["--init", out / "abstractor", *(["--epochs", epochs] if epochs else [])]
 
 
 def plot_recipe(out: Path) -> Path:

@@ -14,7 +14,7 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
   colour of the star is what?") — so that the model learns which *words* carry the question, not
   which sentences. They are general English, as a real pretraining corpus holds them, with one rule:
   none is a held-out phrasing of the world, nor one with only its nouns swapped (`frame`; a test checks
-  every template);
+  every template); `MORE_PARAPHRASES` adds fifteen (`Stage0Settings.llama_more_paraphrases`);
 - with harmless **words around** half of the questions (`loosen`: "Okay, …", "… Thanks.");
 - as the world's own document kinds: a description, a QA record with the clip written in the video
   slot as words (`with_caption`), a drill that asks every object's colour, motion and place, and a
@@ -103,6 +103,21 @@ PARAPHRASES = {
 PARAPHRASES["describe"] += PHRASINGS["about_clip"][0]
 WIDER = {intent: (train + PARAPHRASES.get(intent, []), held) for intent, (train, held) in PHRASINGS.items()}
 
+# Fifteen more (`Stage0Settings.llama_more_paraphrases`): place asked with "area" and "region", motion with
+# "explain", counts and shapes with "give" and "identify". They were written after reading which held-out
+# phrasings the models misread ("Which area holds the …?" answered with a colour); each passes the same
+# `frame` rule as the rest, so none is a held-out phrasing, nor one with only its nouns swapped.
+MORE_PARAPHRASES = {
+    "position": ["In which area of the frame is the {ref}?", "What area of the picture is the {ref} in?",
+                 "Which region of the clip contains the {ref}?", "Can you point to the location of the {ref}?",
+                 "The {ref} is in which area?", "Which area is the {ref} in?"],
+    "motion": ["Explain how the {ref} moves.", "Explain the movement of the {ref}.", "What goes on with the {ref}?",
+               "What is the {ref} up to in the clip?", "Explain the motion of the {ref}, please."],
+    "count_shape": ["Give the count of {shapes} in the clip.", "Tell me what number of {shapes} the clip has."],
+    "shape": ["Identify what shape the {ref} is.", "Which shape does the {ref} have?"],
+}
+WIDEST = {intent: (train + MORE_PARAPHRASES.get(intent, []), held) for intent, (train, held) in WIDER.items()}
+
 NOUNS = {"colour": "N", "color": "N", "hue": "N", "shape": "N", "form": "N", "number": "N", "count": "N",
          "total": "N", "motion": "N", "movement": "N", "position": "N", "location": "N", "place": "N",
          "video": "V", "clip": "V", "picture": "V", "frame": "V"}
@@ -171,7 +186,8 @@ def reading_scene(rng: random.Random, held: set, one_object: bool = True) -> Sce
     return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
 
 
-def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: bool = False) -> list[dict]:
+def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: bool = False,
+                phrasings: dict = WIDER) -> list[dict]:
     """A video turn, then every object's colour, motion and place asked (objects in random order); with
     `shapes`, its shape too and the questions of each object shuffled. Each question needs the one object
     it names. (Without `shapes` the questions keep that order: the shipped checkpoint's text was drawn so.)
@@ -186,12 +202,13 @@ def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: b
             asks = rng.sample(asks + [("shape", refer(scene, i, "shape"), thing.shape)], len(asks) + 1)
         for intent, ref, answer in asks:
             if ref:
-                question = rng.choice(WIDER[intent][0]).format(ref=ref)
+                question = rng.choice(phrasings[intent][0]).format(ref=ref)
                 turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
     return turns + (list_turns(scene, rng) if lists and rng.random() < 0.5 else [])
 
 
-def drill_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False) -> list[list[Part]]:
+def drill_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False,
+                    phrasings: dict = WIDER) -> list[list[Part]]:
     """n short binding drills: a wider-world scene of two or three objects written in the video slot as
     `slot(scene)`, then `drill_turns` (every attribute of every object). One-object scenes are left out:
     there any colour in the slot is the answer, a shortcut that delays learning to look up the object
@@ -200,17 +217,18 @@ def drill_documents(n: int, held: set, rng: random.Random, slot=caption, lists: 
     while len(docs) < n:
         scene = reading_scene(rng, held)
         if len(scene.objects) > 1:
-            turns = drill_turns(scene, rng, shapes=True, lists=lists)
+            turns = drill_turns(scene, rng, shapes=True, lists=lists, phrasings=phrasings)
             docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
     return docs
 
 
-def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=caption) -> list[list[Part]]:
+def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=caption,
+                         phrasings: dict = WIDER) -> list[list[Part]]:
     """A scene's description record and QA record as the world's stage-1 data draws them
-    (`datasets.stage1_records`), but in the wider phrasings (train ones and `PARAPHRASES`) and `loosen`ed,
+    (`datasets.stage1_records`), but in the wider `phrasings` (train ones and `PARAPHRASES`) and `loosen`ed,
     the clip written in the video slot as `slot(scene)`."""
     docs = []
-    for record in stage1_records(name, scene, "train", rng, WIDER):
+    for record in stage1_records(name, scene, "train", rng, phrasings):
         turns = videochat_turns(record["QA"])
         for turn in turns[1::2]:                                        # the human questions
             turn["value"] = loosen(turn["value"], rng)
@@ -219,24 +237,24 @@ def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=capti
 
 
 def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False,
-                      one_object: bool = True) -> list[list[Part]]:
+                      one_object: bool = True, phrasings: dict = WIDER) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
     and a request to show a scene answered with its `<video>` caption (alone, or after the drill).
-    Phrasings: the world's train ones and `PARAPHRASES`. Without `one_object`, every scene asked about
-    has two or three objects."""
+    Phrasings: `phrasings`, by default the world's train ones and `PARAPHRASES`. Without `one_object`,
+    every scene asked about has two or three objects."""
     docs = []
     for k in range(n):
         scene = reading_scene(rng, held, one_object)
-        docs += asked_in_wider_words(scene, f"reading{k}", rng, slot)
-        turns = drill_turns(scene, rng, lists=lists)
+        docs += asked_in_wider_words(scene, f"reading{k}", rng, slot, phrasings)
+        turns = drill_turns(scene, rng, lists=lists, phrasings=phrasings)
         if rng.random() < 0.5:                                          # a request alone, of this scene
             if len(turns) > 1:
                 docs.append(with_caption({"videos": ["reading"], "turns": turns}, slot(scene)))
             turns, request = [], leave_unsaid(scene, rng)
         else:                                   # or, after the questions about the clip, one of another
             request = leave_unsaid(reading_scene(rng, held), rng)
-        turns += [{"from": "human", "value": rng.choice(WIDER["show"][0]).format(d=request_phrase(request, rng))},
+        turns += [{"from": "human", "value": rng.choice(phrasings["show"][0]).format(d=request_phrase(request, rng))},
                   {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request))}]
         docs.append(with_caption({"videos": ["reading"] if turns[0].get("video") == 0 else [], "turns": turns},
                                  slot(scene)))
