@@ -24,7 +24,7 @@ last, instead: `stage0_reading.reading_caption`). So the LLM already knows the t
 language and how to answer a question about a clip it reads as words before stage 1 starts; stage 1
 (LLM frozen) then teaches the abstractor to put the video where those words were. The documents are tokenised and labelled exactly
 as `encode_conversation(loss_on="ai")` does (Eq. 5: only the AI answers are targets) and packed whole
-into rows (`pack`: a question always shares its row with the caption it asks about). Training every
+into rows (`stage0_rows.pack`: a question always shares its row with the caption it asks about). Training every
 token instead, as plain pretraining would, spends most of the gradient on the captions, which are
 random and cannot be predicted (the measurement: weights/nano/README.md, "Experiments behind the recipe").
 
@@ -39,7 +39,7 @@ recipe", "What limits it").
 **Binding drills and rows** (`Stage0Settings.llama_drills`, `llama_rows`; off in the defaults). A drill is a
 two- or three-object text scene followed by every object's colour, shape, motion and place asked, loss
 on the answers only (`stage0_reading.drill_documents`); `llama_rows = "documents"` gives each document a
-row of its own (`by_length`). `llama_drill_steps` starts the LLaMA on drills alone, as plain text
+row of its own (`stage0_rows.by_length`). `llama_drill_steps` starts the LLaMA on drills alone, as plain text
 (`stage0_objects.raw_drill`: the slot, then "colour: circle red, heart blue"), and `llama_drill_slots`
 says what their slot holds, in turn: ("bare-objects", "caption") first reads each object as one token,
 the sum of its words' embeddings (the look-up is one attention step there and forms in a few hundred
@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import G4VConfig
-from ..data import IGNORE, SYSTEM, Part, encode_parts, layout, normalize_answer
+from ..data import IGNORE, SYSTEM, Part, layout, normalize_answer
 from ..generate import SamplingConfig, generate
 from ..llama import LLaMA
 from ..readers import read_dialogues, read_safety, read_videochat
@@ -95,8 +95,8 @@ from ..trainer import lr_at, make_optimizer
 from ..weights import save_llama, save_vision
 from .worlddir import WorldError, read_world
 from .stage0_abstractor import make_abstractor
-from .stage0_objects import (ObjectsPart, bag_batch, bag_embeddings, object_slot, raw_drill,
-                             slot_tokens, world_scene)
+from .stage0_objects import bag_batch, bag_embeddings, object_slot, raw_drill, world_scene
+from .stage0_rows import by_length, encode_document, lm_batch, lm_forward, pack
 from .stage0_tokenizer import TEMPLATE_SYMBOLS, tokenizer_symbols, train_tokenizer   # noqa: F401 (re-exported)
 from .stage0_reading import (WIDER, WIDEST, asked_in_wider_words, drill_documents, reading_caption, reading_documents,
                              with_caption)
@@ -182,73 +182,6 @@ def pretraining_documents(world_dir, split: str = "train", slot=caption, stage1:
     docs += [layout(r) for r in read_dialogues(files[f"stage2_{split}.jsonl"])]
     docs += [layout(r) for r in read_safety(files[f"safety_{split}.jsonl"])]
     return docs
-
-
-def encode_document(tokenizer: Tokenizer, parts: list[Part], slot_size: int = 0,
-                    rng: random.Random | None = None) -> tuple[list, list[int]]:
-    """(ids, labels) exactly as encode_conversation(loss_on="ai") makes them: only the AI answers
-    and their </s> are targets (IGNORE elsewhere). A slot holding a scene (`ObjectsPart`) becomes its
-    `slot_size` slot tokens, each a tuple of ids whose embeddings are summed (stage0_objects)."""
-    ids, labels = [tokenizer.bos_id], [IGNORE]
-    for part, part_ids in encode_parts(tokenizer, parts, 0):
-        if isinstance(part, ObjectsPart):
-            part_ids = slot_tokens(tokenizer, part.scene, slot_size, rng or random.Random(0))
-        ids += part_ids
-        labels += part_ids if part.kind in ("answer", "eos") else [IGNORE] * len(part_ids)
-    return ids, labels
-
-
-def pack(docs: list[tuple[list[int], list[int]]], length: int, rng: random.Random) -> list[tuple[list[int], list[int]]]:
-    """Whole (ids, labels) documents, shuffled, packed greedily into rows of at most `length` tokens.
-    A row starts at a document's <s>, so every question sits in the same row as the caption it asks
-    about (a random window of one long stream would often cut them apart). A longer one is cut."""
-    docs = rng.sample(docs, len(docs))
-    rows, row = [], ([], [])
-    for ids, labels in docs:
-        if row[0] and len(row[0]) + len(ids) > length:
-            rows.append(row)
-            row = ([], [])
-        row[0].extend(ids[:length])
-        row[1].extend(labels[:length])
-    return rows + [row] if row[0] else rows
-
-
-def by_length(docs: list[tuple[list[int], list[int]]], length: int, tokens: int,
-              rng: random.Random) -> list[list[tuple[list[int], list[int]]]]:
-    """Batches of one document a row: shuffled, sorted by length (so little is padding), cut into batches
-    of at most `tokens` tokens, the batches shuffled. No row holds two documents, so a question can only
-    find the words of its own clip (packed, "the circle" may be an earlier document's)."""
-    docs = sorted(((ids[:length], labels[:length]) for ids, labels in rng.sample(docs, len(docs))),
-                  key=lambda d: len(d[0]))
-    batches, batch = [], []
-    for doc in docs:
-        if batch and (len(batch) + 1) * len(doc[0]) > tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(doc)
-    batches += [batch] if batch else []
-    return rng.sample(batches, len(batches))
-
-
-def lm_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows → inputs (B, L−1) and next-token targets (B, L−1), padding targeted IGNORE (−100). Rows with
-    slot tokens give inputs (ids, weights), each (B, L−1, K) (stage0_objects.bag_batch)."""
-    L = max(len(ids) for ids, _ in rows)
-    y = torch.full((len(rows), L), IGNORE, dtype=torch.long)                   # (B, L)
-    for i, (_, labels) in enumerate(rows):
-        y[i, :len(labels)] = torch.tensor(labels)
-    if any(isinstance(t, tuple) for ids, _ in rows for t in ids):
-        ids, weights = bag_batch([ids for ids, _ in rows], pad_id)              # (B, L, K) each
-        return (ids[:, :-1], weights[:, :-1]), y[:, 1:]
-    x = torch.full((len(rows), L), pad_id, dtype=torch.long)                   # (B, L)
-    for i, (ids, _) in enumerate(rows):
-        x[i, :len(ids)] = torch.tensor(ids)
-    return x[:, :-1], y[:, 1:]                                                  # (B, L−1) each
-
-
-def lm_forward(model: LLaMA, x) -> torch.Tensor:
-    """Logits (B, L, V) of lm_batch's inputs: ids, or (ids, weights) of slot tokens."""
-    return model(x) if torch.is_tensor(x) else model(embeds=bag_embeddings(model, *x))
 
 
 def caption_qa_accuracy(model: LLaMA, tokenizer: Tokenizer, world_dir, n: int, slot=caption, slot_size: int = 0) -> dict:

@@ -146,7 +146,7 @@ def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random, slot=None,
               bare: bool = False, copy: bool = False) -> tuple[list, list[int]]:
     """A binding drill as plain text, without the chat template: the slot, then one line per field,
     "colour: circle red, square blue", every token after the slot a target. (ids, labels) as
-    stage0.encode_document makes them. The slot holds `n` slot tokens (`bare`: `bare_slot_tokens`),
+    stage0_rows.encode_document makes them. The slot holds `n` slot tokens (`bare`: `bare_slot_tokens`),
     or, given a caption writer `slot` (stage0.SLOTS), the clip as words; then places are said as the
     captions say them ("circle on the left"), and with `copy` a last line writes the caption again
     ("again: a red circle …"), so that the drills also practise copying what the slot says.
