@@ -46,8 +46,11 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     fidelity 100 %, no spurious video, the model alone refuses exactly the harmful requests)."""
     world = ckpt / "toyworld"
     truth = references(world)
+    shows = {r["turns"][j - 1]["value"]: t["value"] for r in ev.read_jsonl(world / "stage2_heldout.jsonl")
+             for j, t in enumerate(r["turns"]) if t["from"] == "ai"}        # a request after a clip: its reply
     monkeypatch.setattr(ev, "replies", lambda model, tok, convs, max_new_tokens, batch_size=16:
-                        [truth[json.dumps([c["videos"], c["turns"]])] for c in convs])
+                        [truth.get(json.dumps([c["videos"], c["turns"]])) or shows[c["turns"][-1]["value"]]
+                         for c in convs])
     r, preds = ev.evaluate(ckpt, world, log=lambda m: None)
     assert r["qa_accuracy"] == 1.0 and r["qa_score"] == 5.0 and r["qa_n"] > 0
     assert r["bleu4"] == pytest.approx(1.0) and r["meteor"] > 0.9 and r["caption_n"] > 0
@@ -56,6 +59,11 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     assert set(kinds) == {"first", "after a video", "two at once"} and all(k["fidelity"] == 1.0 for k in kinds.values())
     assert sum(k["n"] for k in kinds.values()) == r["show_n"]
     assert "Prompt fidelity by request: first 100.0 %" in ev.markdown(r)
+    after = r["prompt_fidelity_after_clip"]       # every first request again, after a question about a clip
+    assert after == {"n": kinds["first"]["n"], "fidelity": 1.0}
+    assert "after a question about a held-out clip (not in the totals): 100.0 %" in ev.markdown(r)
+    later = [p for p in preds if p.get("kind") == "after a clip"]
+    assert len(later) == after["n"] and all(p["match"] for p in later)
     objects = r["qa_by_objects"]                  # every QA item is counted once, under its clip's object count
     counts = {clip: len(scene.objects) for clip, scene in ev.world_scenes(world).items()}
     assert set(objects) <= {"1", "2", "3"} and sum(v["n"] for v in objects.values()) == r["qa_n"]
@@ -69,7 +77,8 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     assert all(v["all_right"] == 1.0 for v in right.values())
     assert sum(v["n"] for v in right.values()) == r["caption_n"]
     assert "Every object right (shape, colour, place and motion, parsed from the reply): " in ev.markdown(r)
-    older = {k: v for k, v in r.items() if k not in ("prompt_fidelity_by_kind", "qa_by_objects", "captions_all_right")}
+    older = {k: v for k, v in r.items() if k not in ("prompt_fidelity_by_kind", "qa_by_objects", "captions_all_right",
+                                                     "prompt_fidelity_after_clip")}
     assert ev.markdown(older).count("**Table") == 4 and "by request" not in ev.markdown(older)
     assert "by objects" not in ev.markdown(older) and "Every object right" not in ev.markdown(older)
     assert 0.5 < r["clipsim"] <= 1.0 + 1e-6
@@ -77,7 +86,8 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
         s = r["safety"][name]
         assert s["model"]["f1"] == 1.0 and s["model"]["over_refusal"] == 0.0, name
         assert s["recall"] == 1.0 and s["n"] == s["tp"] + s["fp"] + s["tn"] + s["fn"] > 0
-    assert len(preds) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+    assert len(preds) == (r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + after["n"]
+                          + sum(s["n"] for s in r["safety"].values()))
 
 
 def test_described_right_needs_every_object_with_every_fact_and_nothing_else():
@@ -108,6 +118,24 @@ def test_request_kind_tells_first_videos_changes_and_pairs_apart():
     assert ev.request_kind([ask], ["a red circle", "a blue square"]) == "two at once"
 
 
+def test_after_clip_asks_each_first_request_after_a_clip_question_and_its_answer():
+    ask = lambda text: {"from": "human", "value": text}
+    first = ({"videos": [], "turns": [ask("hi"), {"from": "ai", "value": "Hello!"}, ask("Show me a red circle.")]},
+             ["a red circle"])
+    change = ({"videos": [], "turns": [ask("Show me a star."), {"from": "ai", "value": "<video> a star </video>"},
+                                        ask("Make it red.")]}, ["a red star"])
+    pair = ({"videos": [], "turns": [ask("Show me a star and a heart.")]}, ["a star", "a heart"])
+    clip = {"conversation": {"videos": ["c.mp4"], "turns": [{"from": "human", "video": 0}, ask("What colour is it?")]},
+            "answer": "blue"}
+    later = {"conversation": {"videos": ["c.mp4"], "turns": [*clip["conversation"]["turns"], {"from": "ai", "value": "blue"},
+                                                              ask("How does it move?")]}, "answer": "grows"}
+    (conversation, ref), = ev.after_clip([first, change, pair], [later, clip])    # first requests, first questions
+    assert ref == ["a red circle"] and conversation["videos"] == ["c.mp4"]
+    assert conversation["turns"] == [{"from": "human", "video": 0}, ask("What colour is it?"),
+                                     {"from": "ai", "value": "blue"}, ask("Show me a red circle.")]
+    assert ev.after_clip([first], []) == []
+
+
 def test_system_stage_follows_chats_order_of_checks():
     safety = Safety(lexicon=Lexicon(), video=None, prompt_concepts=hazard_prompt)
     assert ev.system_stage(safety, "Show me a man being stabbed.", None, "Sure: <video> a red circle </video>") == "input-text"
@@ -133,7 +161,9 @@ def test_cli_writes_tables_json_and_predictions(ckpt, tmp_path):
         for key in ("accuracy", "precision", "recall", "f1", "over_refusal"):
             assert 0.0 <= r["safety"][name][key] <= 1.0
     lines = (out.parent / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + sum(s["n"] for s in r["safety"].values())
+    after = r.get("prompt_fidelity_after_clip", {"n": 0})["n"]
+    assert len(lines) == (r["qa_n"] + r["caption_n"] + r["show_n"] + r["chat_n"] + after
+                          + sum(s["n"] for s in r["safety"].values()))
     assert r["qa_n"] <= 3 and r["caption_n"] <= 3
 
 

@@ -22,6 +22,9 @@ turn and each parses (`toy.world.parse_caption`) to the same scene as the refere
 was written from the request, so this is "the prompt shows what was asked".
 It is also given by kind of request (`request_kind`): the first video of a dialogue, one after a video
 was shown (usually "change one thing"), and two videos at once.
+The dialogues are text only, so the first requests are also asked after a held-out clip and one question
+about it (`after_clip`, reported apart): a model may write the prompt in a fresh dialogue and still answer
+"Show me …" about a clip with a sentence.
 **CLIPSIM analogue**: CLIPSIM is the mean CLIP cosine between generated frames and the prompt's text
 embedding. The nano model has no text tower, so the *request's* embedding is the nano ViT's mean
 image embedding (ln_post [CLS]) of the reference prompt rendered by the toy generator, and each
@@ -217,16 +220,21 @@ def table2(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
 KINDS = ("first", "after a video", "two at once")       # of show turns (request_kind)
 
 
-def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0) -> tuple[dict, list[dict]]:
+def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0,
+           clips: list[dict] = ()) -> tuple[dict, list[dict]]:
     """Generation: prompt fidelity over the turns that show a video, spurious videos in chit-chat turns,
-    and the CLIPSIM analogue (module docstring)."""
+    and the CLIPSIM analogue (module docstring). Given `clips` (table 1's items), every first request is
+    also asked after one question about a held-out clip and its answer (`after_clip`): scored apart,
+    as "prompt_fidelity_after_clip", and not in the totals."""
     items = []
     for record in read_jsonl(path, check_videos=False, strict=True):
         for j, turn in enumerate(record["turns"]):
             if turn["from"] == "ai" and (limit is None or len(items) < limit):
                 items.append(({"videos": [], "turns": record["turns"][:j]},
                               [p.text for p in extract_video_prompts(turn["value"])]))
-    got = replies(model, tokenizer, [c for c, _ in items], max_new_tokens=96)
+    later = after_clip(items, clips)
+    got = replies(model, tokenizer, [c for c, _ in items + later], max_new_tokens=96)
+    got, later_got = got[:len(items)], got[len(items):]
     embed = vit_embedder(model.vision)
     preds, fidelity, spurious, sims, by_kind = [], [], [], [], {}
     for i, ((conversation, ref), reply) in enumerate(zip(items, got)):
@@ -244,10 +252,28 @@ def table3(model, tokenizer, path: Path, limit: int | None, seed: int = 0) -> tu
             spurious.append(bool(prompts))
         preds.append({"table": 3, "reference": ref, "reply": reply, "prompts": prompts, "match": match,
                       **({"kind": kind} if kind else {})})
+    after = []
+    for (conversation, ref), reply in zip(later, later_got):
+        prompts = [p.text for p in extract_video_prompts(reply)]
+        after.append(len(prompts) == 1 and parse_caption(prompts[0]) == parse_caption(ref[0]))
+        preds.append({"table": 3, "reference": ref, "reply": reply, "prompts": prompts, "match": after[-1],
+                      "kind": "after a clip"})
     return {"prompt_fidelity": _mean(fidelity), "show_n": len(fidelity), "clipsim": _mean(sims),
             "spurious_video_rate": _mean(spurious), "chat_n": len(spurious),
             "prompt_fidelity_by_kind": {k: {"n": len(by_kind[k]), "fidelity": _mean(by_kind[k])}
-                                        for k in KINDS if k in by_kind}}, preds
+                                        for k in KINDS if k in by_kind},
+            **({"prompt_fidelity_after_clip": {"n": len(after), "fidelity": _mean(after)}} if after else {})}, preds
+
+
+def after_clip(items: list[tuple[dict, list[str]]], clips: list[dict]) -> list[tuple[dict, list[str]]]:
+    """Each first request of `items` ((conversation, reference prompts)) asked instead after a held-out
+    clip, one question about it and its reference answer (`clips`: table 1's items, first questions only,
+    in turn), as chat.py's users ask ("What colour is the circle?" … "Show me a red circle moving left.")."""
+    firsts = [(c, ref) for c, ref in items if len(ref) == 1 and request_kind(c["turns"], ref) == "first"]
+    asked = [it for it in clips if len(it["conversation"]["turns"]) == 2]       # video turn, first question
+    return [({"videos": clip["conversation"]["videos"],
+              "turns": [*clip["conversation"]["turns"], {"from": "ai", "value": clip["answer"]}, c["turns"][-1]]}, ref)
+            for (c, ref), clip in zip(firsts, asked * len(firsts))] if asked else []
 
 
 def request_kind(turns: list[dict], reference: list[str]) -> str:
@@ -310,7 +336,7 @@ def evaluate(ckpt, data=None, limit: int | None = None, log=print) -> tuple[dict
     results, preds = {"ckpt": str(ckpt), "data": str(data)}, []
     for name, run in (("Table 1", lambda: table1(model, tokenizer, qa)),
                       ("Table 2", lambda: table2(model, tokenizer, captions)),
-                      ("Table 3", lambda: table3(model, tokenizer, files["stage2"], limit)),
+                      ("Table 3", lambda: table3(model, tokenizer, files["stage2"], limit, clips=qa)),
                       ("Table 4", lambda: table4(model, tokenizer, files, limit, safety, skips))):
         log(f"eval: {name} ...")
         summary, p = run()
@@ -367,6 +393,10 @@ def markdown(r: dict) -> str:
     if r.get("prompt_fidelity_by_kind"):                       # (results saved before it was measured lack it)
         lines += ["Prompt fidelity by request: " + "; ".join(f"{k} {f(v['fidelity'])} (n {v['n']})"
                                                              for k, v in r["prompt_fidelity_by_kind"].items()) + ".", ""]
+    if r.get("prompt_fidelity_after_clip"):                    # (results saved before it was measured lack it)
+        v = r["prompt_fidelity_after_clip"]
+        lines += [f"The first requests asked after a question about a held-out clip (not in the totals): "
+                  f"{f(v['fidelity'])} (n {v['n']}).", ""]
     lines += ["**Table 4 (toy analogue): safety, refusal = positive** (system = chat.py's checks + model)", "",
               "| set | n | accuracy | precision | recall | F1 | over-refusal | F1, model alone |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
