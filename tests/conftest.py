@@ -16,6 +16,7 @@ from nanog4v.data import SYSTEM
 from nanog4v.llama import LLaMA
 from nanog4v.model import GPT4Video
 from nanog4v.toy.world import Scene, Thing, render as render_scene
+from nanog4v.toy.worlddir import write_world
 from nanog4v.video_out import write_video
 from nanog4v.weights import save_llama
 
@@ -187,3 +188,9 @@ def train_args(world, out, stage, *extra):
             "--max-seq-len", "256", "--quiet", "--eval-n", "0", *fresh, *extra]
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A toy world of 14 tiny clips (32 px, 4 frames), rendered once per test module that asks for it."""
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, n=14, seed=3, frames=4, size=32)
+    return out

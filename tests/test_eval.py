@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nanog4v.eval import tables as ev
+from nanog4v.readers import read_jsonl, read_safety, read_videochat
 from nanog4v.safety import Lexicon, Safety
 from nanog4v.toy.hazard import hazard_prompt
 
@@ -32,8 +33,8 @@ def references(world: Path) -> dict[str, str]:
     """What a perfect model says: the reference AI turn after every (videos, conversation prefix) of the
     held-out files."""
     answers = {}
-    records = [*ev.read_videochat(world / "stage1_heldout.json"), *ev.read_jsonl(world / "stage2_heldout.jsonl"),
-               *ev.read_safety(world / "safety_heldout.jsonl"), *ev.read_jsonl(world / "safety_video_heldout.jsonl")]
+    records = [*read_videochat(world / "stage1_heldout.json"), *read_jsonl(world / "stage2_heldout.jsonl"),
+               *read_safety(world / "safety_heldout.jsonl"), *read_jsonl(world / "safety_video_heldout.jsonl")]
     for r in records:
         for j, turn in enumerate(r["turns"]):
             if turn["from"] == "ai":
@@ -46,7 +47,7 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
     fidelity 100 %, no spurious video, the model alone refuses exactly the harmful requests)."""
     world = ckpt / "toyworld"
     truth = references(world)
-    shows = {r["turns"][j - 1]["value"]: t["value"] for r in ev.read_jsonl(world / "stage2_heldout.jsonl")
+    shows = {r["turns"][j - 1]["value"]: t["value"] for r in read_jsonl(world / "stage2_heldout.jsonl")
              for j, t in enumerate(r["turns"]) if t["from"] == "ai"}        # a request after a clip: its reply
     monkeypatch.setattr(ev, "replies", lambda model, tok, convs, max_new_tokens, batch_size=16:
                         [truth.get(json.dumps([c["videos"], c["turns"]])) or shows[c["turns"][-1]["value"]]

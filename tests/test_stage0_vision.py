@@ -12,19 +12,12 @@ from nanog4v.config import preset
 from nanog4v.toy.datasets import label_names, scene_labels
 from nanog4v.toy.stage0_vision import (WIDER_COLOURS, attribute_accuracy, colour_mask, fresh_clips, hazard_separation,
                                       patch_targets, pretrain_vision)
-from nanog4v.toy.worlddir import read_world, write_world
+from nanog4v.toy.worlddir import read_world
 from nanog4v.toy.world import COLOURS, SHAPES, Scene, Thing, render
 from nanog4v.vision import VisionTransformer
 from nanog4v.weights import load_vision, save_vision
 
 CFG = preset("test")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    write_world(out, n=14, seed=3, frames=4, size=32)
-    return out
 
 
 def test_save_vision_round_trip_and_transformers_loads_it(tmp_path):

@@ -49,6 +49,7 @@ import json
 import random
 import sys
 from collections import Counter
+from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -58,72 +59,19 @@ from ..cli import file_in_the_way
 from ..data import STOP_STRINGS, DataError, clean_reply
 from ..generate import SamplingConfig, generate
 from ..inference import prompt_embeddings, video_tokens
-from ..readers import read_jsonl, read_safety, read_videochat
+from ..readers import read_jsonl, read_safety
 from ..safety import Lexicon, Safety, VideoChecker, vit_embedder
 from ..tokenizer import TokenizerError
 from ..toy.datasets import is_refusal
-from ..toy.worlddir import WorldError, read_world, write_world
+from ..toy.worlddir import WorldError
 from ..toy.hazard import hazard_prompt, toy_hazard_checker
 from ..toy.world import Scene, parse_caption, toy_generate
-from ..video import VideoError, sample_frames
 from ..weights import CheckpointError
+from .heldout import (EvalError, Skips, default_world, held_out, held_out_clips, questions,  # noqa: F401 (re-exported)
+                      unreadable_clips, world_scenes)
 from .metrics import binary_scores, bleu, exact_match, meteor, rubric_score
 
 DEFAULT_CKPT = Path(__file__).resolve().parents[2] / "weights" / "nano"      # the shipped checkpoint
-FILES = ("stage1_heldout.json", "stage2_heldout.jsonl", "safety_heldout.jsonl", "safety_video_heldout.jsonl")
-
-
-class EvalError(ValueError):
-    """Input the evaluation cannot use; the message is one line naming the file."""
-
-
-def held_out(data) -> dict[str, Path]:
-    """The four held-out files of a toy world directory, checked to be there."""
-    data = Path(data)
-    for name in FILES:
-        if not (data / name).is_file():
-            raise EvalError(f"{data / name}: missing (not a toy world with a held-out split; "
-                            "write one with python -m nanog4v.toy --out DIR)")
-    return {name.split("_heldout")[0]: data / name for name in FILES}
-
-
-def held_out_clips(files: dict[str, Path]) -> list[str]:
-    """Every clip the held-out files ask about. Reading all four files strictly here makes a malformed
-    one a single error (`file:line: problem`) before any model work."""
-    stage1 = list(read_videochat(files["stage1"], strict=True))
-    list(read_jsonl(files["stage2"], check_videos=False, strict=True))
-    list(read_safety(files["safety"], strict=True))
-    vu = list(read_jsonl(files["safety_video"], strict=True))
-    return sorted({v for r in stage1 + vu for v in r["videos"]})
-
-
-class Skips:
-    """Held-out items left out because a clip of theirs cannot be decoded: how many, and the first reason.
-    `unreadable` is {clip: why} (`unreadable_clips`)."""
-
-    def __init__(self, unreadable: dict[str, str]):
-        self.unreadable, self.n, self.first = unreadable, 0, None
-
-    def keep(self, videos: list[str]) -> bool:
-        """True for an item whose clips are all readable; False (and counted) for the others."""
-        bad = [v for v in videos if v in self.unreadable]
-        if bad:
-            self.n += 1
-            self.first = self.first or self.unreadable[bad[0]]
-        return not bad
-
-
-def unreadable_clips(clips: list[str], num_frames: int) -> dict[str, str]:
-    """{clip: why} for every clip that does not decode into `num_frames` frames (VideoError's one line)."""
-    bad = {}
-    for clip in clips:
-        try:
-            sample_frames(clip, num_frames)
-        except VideoError as e:
-            bad[clip] = str(e)
-    return bad
-
-
 @torch.no_grad()
 def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy replies to each conversation (its turns so far end with the human's), batched."""
@@ -139,46 +87,11 @@ def replies(model, tokenizer, conversations: list[dict], max_new_tokens: int, ba
     return out
 
 
-def world_scenes(data: Path) -> dict[str, Scene]:
-    """What each clip of a toy world shows ({clip id: Scene}, from its scenes.jsonl; empty for a
-    directory that is not a toy world)."""
-    if not (Path(data) / "world.json").is_file():
-        return {}
-    return {r["id"]: Scene.from_dict(r["scene"]) for r in read_world(data)[1]}
-
-
 def described_right(reply: str, scene: Scene) -> bool:
     """The reply names every object of the scene and no other, each with its right shape, colour, place and
     motion (read with toy.world.parse_caption; in any order, other words ignored)."""
     facts = lambda s: Counter((t.shape, t.colour, t.position, t.motion) for t in s.objects)
     return facts(parse_caption(reply)) == facts(scene)
-
-
-def questions(path: Path, limit: int | None, skips: Skips | None = None) -> tuple[list[dict], list[dict]]:
-    """(QA items, captioning items: "describe" and "caption" requests) of stage1_heldout, each
-    {"conversation", "answer", "type", "phrasing": "train" | "heldout" (a phrasing seen in training or not),
-    "scene": what the clip shows and "objects": how many objects (None outside a toy world)}. Items about a clip `skips`
-    cannot read are left out (and counted there)."""
-    records = list(read_videochat(path, strict=True))
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError:                        # records one per line: read_videochat takes them
-        raise EvalError(f"{path}: not one JSON list (the layout python -m nanog4v.toy writes)") from None
-    scenes = world_scenes(path.parent)
-    qa, captions = [], []
-    for obj, record in zip(raw, records):
-        for k, item in enumerate(obj["QA"]):
-            if not isinstance(item.get("type", ""), str) or not isinstance(item.get("phrasing", ""), (str, type(None))):
-                raise EvalError(f"{record['source']}: QA[{k}]: 'type' and 'phrasing' must be strings")
-            j = 2 + 2 * k                                             # turns: video, (human, ai) × k
-            entry = {"conversation": {"videos": record["videos"], "turns": record["turns"][:j]},
-                     "answer": item["a"], "type": item.get("type", "qa"), "phrasing": item.get("phrasing"),
-                     "scene": scenes.get(Path(record["videos"][0]).stem)}
-            entry["objects"] = len(entry["scene"].objects) if entry["scene"] else None
-            bucket = captions if entry["type"] in ("description", "caption") else qa
-            if (limit is None or len(bucket) < limit) and (skips is None or skips.keep(record["videos"])):
-                bucket.append(entry)
-    return qa, captions
 
 
 def table1(model, tokenizer, items: list[dict]) -> tuple[dict, list[dict]]:
@@ -273,7 +186,7 @@ def after_clip(items: list[tuple[dict, list[str]]], clips: list[dict]) -> list[t
     asked = [it for it in clips if len(it["conversation"]["turns"]) == 2]       # video turn, first question
     return [({"videos": clip["conversation"]["videos"],
               "turns": [*clip["conversation"]["turns"], {"from": "ai", "value": clip["answer"]}, c["turns"][-1]]}, ref)
-            for (c, ref), clip in zip(firsts, asked * len(firsts))] if asked else []
+            for (c, ref), clip in zip(firsts, cycle(asked))] if asked else []
 
 
 def request_kind(turns: list[dict], reference: list[str]) -> str:
@@ -347,24 +260,6 @@ def evaluate(ckpt, data=None, limit: int | None = None, log=print) -> tuple[dict
         log(f"note: skipped {skips.n} held-out item{'s' * (skips.n > 1)} whose clip cannot be read "
             f"(the first: {skips.first})")
     return results, preds
-
-
-def default_world(ckpt: Path, log) -> Path:
-    """CKPT/toyworld, rendered from the seed in CKPT/stage0.json (as train.py does) when it is missing."""
-    world = ckpt / "toyworld"
-    if not (world / "world.json").is_file():
-        meta, seed = ckpt / "stage0.json", 0
-        if meta.is_file():
-            try:
-                summary = json.loads(meta.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise EvalError(f"{meta}: not valid JSON ({e})") from None
-            seed = summary.get("seed", 0) if isinstance(summary, dict) else None
-            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-                raise EvalError(f"{meta}: not a stage-0 summary with a seed (an int >= 0)")
-        log(f"eval: rendering the toy world of {ckpt} (seed {seed}) into {world}")
-        write_world(world, n=2000, seed=seed, force=True)
-    return world
 
 
 def markdown(r: dict) -> str:
