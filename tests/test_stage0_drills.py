@@ -164,9 +164,10 @@ def test_the_drills_can_hold_objects_while_the_epochs_read_captions(world, objec
 
 
 def test_plain_epochs_come_before_the_drills_on_their_own_schedule(world, objects_tok):
-    """llama_plain_epochs: first that many epochs of the recipe without drills (exactly as a run of its own),
-    then the drills and llama_epochs more, starting from the weights the plain epochs left."""
-    settings = Stage0Settings(llama_epochs=1, llama_reading=0.0, llama_batch=4, llama_block=96, eval_n=0,
+    """llama_plain_epochs: first that many epochs of the recipe without drills (exactly as a run of its own,
+    in the plain recipe's phrasings even when the epochs after the drills ask in MORE_PARAPHRASES), then the
+    drills and llama_epochs more, starting from the weights the plain epochs left."""
+    settings = Stage0Settings(llama_epochs=1, llama_reading=0.3, llama_batch=4, llama_block=96, eval_n=0,
                               llama_drill_slots=("bare-objects", "caption"), llama_drill_steps=2)
     run = lambda s: pretrain_llama(CFG.llama, objects_tok, world, s, log=lambda *a: None,
                                    slot_size=CFG.abstractor.num_output_tokens)[1]
@@ -175,5 +176,7 @@ def test_plain_epochs_come_before_the_drills_on_their_own_schedule(world, object
     n = alone["steps"]
     assert both["plain_epochs"]["steps"] == n and both["steps"] == n + drills["steps"]
     assert both["losses"][:n] == alone["losses"]                    # the plain epochs, as a run of their own
+    extras = run(replace(settings, llama_plain_epochs=1, llama_more_paraphrases=True))
+    assert extras["losses"][:n] == alone["losses"]                  # … in the plain recipe's words, whatever follows
     assert both["losses"][n] != drills["losses"][0]                 # the drills start from their weights
     assert len(both["losses"]) == both["steps"]
