@@ -34,6 +34,9 @@ CLIP_VISION_LAYER_KEYS = {                 # `encoder.layers.{i}.X.{weight,bias}
     "self_attn.v_proj": "attn.v_proj", "self_attn.out_proj": "attn.out_proj",
     "layer_norm2": "ln_2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
 }
+# mPLUG-Owl's temporal module of a video ViT (`VisionConfig.temporal`), by mPLUG-Owl's own names; a CLIP
+# layout with these keys and "temporal": true in config.json is how stage 0 saves a video ViT of its own
+CLIP_TEMPORAL_KEYS = ("temporal.ln", "temporal.down_proj", "temporal.conv", "temporal.up_proj")
 CLIP_NOT_VISION = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
 # transformers' CLIPVisionConfig defaults, for fields a config.json saved "as a diff" leaves out
 CLIP_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -49,7 +52,7 @@ def rename_clip_vision(key: str) -> str | None:
     if name.startswith("encoder.layers."):
         i, _, rest = name.removeprefix("encoder.layers.").partition(".")
         module, _, leaf = rest.rpartition(".")                 # leaf: weight | bias
-        ours = CLIP_VISION_LAYER_KEYS.get(module)
+        ours = CLIP_VISION_LAYER_KEYS.get(module, module if module in CLIP_TEMPORAL_KEYS else None)
         return f"blocks.{i}.{ours}.{leaf}" if ours and i.isdigit() else key
     return CLIP_VISION_KEYS.get(name, key)     # an unknown key comes back as is: "unexpected"
 
@@ -69,7 +72,7 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None,
         cfg = VisionConfig(image_size=hf["image_size"], patch_size=hf["patch_size"], dim=hf["hidden_size"],
                            n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
                            mlp_dim=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"],
-                           act=hf["hidden_act"], in_channels=hf["num_channels"])
+                           act=hf["hidden_act"], in_channels=hf["num_channels"], temporal=bool(hf.get("temporal")))
     try:
         with torch.device("meta"):
             model = VisionTransformer(cfg)
@@ -81,12 +84,13 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, cfg=None,
 def save_vision(model: nn.Module, path, dtype: torch.dtype | None = None) -> Path:
     """`model` as a transformers CLIPVisionModel directory (config.json + model.safetensors), the
     inverse of `load_vision`'s key table. Keys carry the `vision_model.` prefix, which transformers 4.x
-    requires and 5.x accepts. dtype: the model's unless given."""
+    requires and 5.x accepts. dtype: the model's unless given. A video ViT (`cfg.temporal`) adds its
+    temporal modules under mPLUG-Owl's names and "temporal": true (transformers' CLIP does not run them)."""
     cfg = model.cfg
     if cfg.post_layernorm_all_tokens:
         raise ValueError("save_vision: post_layernorm_all_tokens is not a CLIP setting (mPLUG-Owl's ViT)")
     ours_to_hf = {ours: hf for hf, ours in CLIP_VISION_KEYS.items()}
-    layer_to_hf = {ours: hf for hf, ours in CLIP_VISION_LAYER_KEYS.items()}
+    layer_to_hf = {ours: hf for hf, ours in CLIP_VISION_LAYER_KEYS.items()} | {k: k for k in CLIP_TEMPORAL_KEYS}
 
     def hf_name(name: str) -> str:
         if name.startswith("blocks."):
@@ -102,7 +106,8 @@ def save_vision(model: nn.Module, path, dtype: torch.dtype | None = None) -> Pat
               intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
               num_channels=cfg.in_channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
               layer_norm_eps=cfg.norm_eps, hidden_act=cfg.act, projection_dim=cfg.dim,
-              torch_dtype=str(dtype).removeprefix("torch."), dtype=str(dtype).removeprefix("torch."))
+              torch_dtype=str(dtype).removeprefix("torch."), dtype=str(dtype).removeprefix("torch."),
+              **({"temporal": True} if cfg.temporal else {}))
     return write_checkpoint(path, hf, specs, tensors.__getitem__)
 
 

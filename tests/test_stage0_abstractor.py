@@ -2,6 +2,7 @@
 pieces padded with "▁", it learns to write them as the LLaMA's embeddings, and stage 1 starts from it."""
 import importlib.util
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,19 @@ from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.stage0 import Stage0Settings, run_stage0
 from nanog4v.toy.recipe import pretrained_abstractor
 from nanog4v.toy.stage0_abstractor import (PAD_PIECE, AbstractorError, caption_clips, caption_targets, motion_ids,
-                                           nearest_pieces, pretrain_abstractor)
+                                           fresh_features, nearest_pieces, pretrain_abstractor)
+from nanog4v.toy.stage0_vision import encode, fresh_clips
 from nanog4v.toy.world import MOTIONS, Scene, caption
 from nanog4v.toy.worlddir import read_world, write_world
-from nanog4v.weights import load_llama
+from nanog4v.weights import load_llama, load_vision
 
 CFG = preset("test")
 N = 64                                         # the test tokenizer (512 pieces) splits some words: room to spare
+FRESH = 2                                      # newly rendered clips beside the world's
 SETTINGS = Stage0Settings(vit_epochs=1, vit_batch=4, vit_fresh=0.0, llama_epochs=1, llama_batch=4, llama_block=64,
                           eval_n=0, llama_drill_slots=("bare-objects", "caption"), llama_drill_steps=2,
-                          abstractor_steps=150, abstractor_queries=N)
+                          abstractor_steps=150, abstractor_queries=N, abstractor_fresh=FRESH,
+                          vit_temporal=True, vit_dense_motion=True)      # the video ViT's path, end to end
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +62,12 @@ def test_nearest_pieces_reads_tokens_back_as_pieces():
 
 def test_stage0_writes_an_abstractor_that_learned_and_stage1_starts_from_it(stage0, tmp_path):
     world, out = stage0
+    vision = json.loads((out / "stage0.json").read_text())["vision"]
+    assert set(vision["val"]["patch_accuracy"]) == {"colour", "shape", "motion"}     # vit_dense_motion
     report = json.loads((out / "stage0.json").read_text())["abstractor"]
     losses = report["losses"]
-    assert report["queries"] == N and report["train_clips"] > 0 and report["val"]["clips"] > 0
+    n_train = len(caption_clips(world, "train", out / "features", Tokenizer(out / "tokenizer.model"), N)[1])
+    assert report["queries"] == N and report["train_clips"] == n_train + FRESH and report["val"]["clips"] > 0
     assert sum(losses[-5:]) / 5 < 0.05 * sum(losses[:5]) / 5
     cfg, lora = GPT4Video.read_config(out / "abstractor")
     assert cfg.abstractor.num_queries == N and not lora
@@ -88,6 +95,25 @@ def test_stage0_writes_an_abstractor_that_learned_and_stage1_starts_from_it(stag
             "--eval-n", "0", "--out", str(tmp_path / "stage1"), "--quiet"]
     assert train.main(argv) == 0
     assert GPT4Video.read_config(tmp_path / "stage1")[0].abstractor.num_queries == N
+
+
+def test_the_fresh_clips_are_new_train_split_scenes_through_the_frozen_vit(stage0):
+    """fresh_features: the frozen (here temporal) ViT's features of fresh_clips' scenes, drawn from the
+    seed's own stream, in float16, with those scenes' captions as targets; never a held-out pair."""
+    world, out = stage0
+    tok, vit = Tokenizer(out / "tokenizer.model"), load_vision(out / "vision")
+    assert vit.cfg.temporal
+    features, targets = fresh_features(vit, tok, world, 5, CFG.num_frames, N, seed=4, chunk=2)
+    meta = read_world(world)[0]
+    rows = fresh_clips(5, meta, CFG.num_frames, 0.0, random.Random("4:abstractor-clips"))
+    assert not {(t.colour, t.shape) for r in rows for t in Scene.from_dict(r["scene"]).objects} & {
+        tuple(p) for p in meta["heldout_pairs"]}
+    with torch.no_grad():
+        want = encode(vit, torch.stack([r["frames"] for r in rows]))
+    assert features.dtype == torch.float16 and torch.equal(features, want.half())
+    assert targets.tolist() == [caption_targets(tok, Scene.from_dict(r["scene"]), N) for r in rows]
+    with pytest.raises(AbstractorError, match="caption of at most 8 pieces"):   # never a caption that fits
+        fresh_features(vit, tok, world, 2, CFG.num_frames, 8)
 
 
 def test_a_bad_setting_is_named(stage0):

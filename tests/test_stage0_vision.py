@@ -1,21 +1,23 @@
 """Stage 0's ViT (nanog4v/toy/stage0_vision.py): its official layout (oracle: transformers.CLIPVisionModel),
 the attribute and per-patch targets, the hazard concept, and the fresh clips (some in wider colours)."""
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
 from einops import rearrange
+from safetensors import safe_open
 
 from nanog4v.config import preset
 from nanog4v.toy.datasets import label_names, scene_labels
 from nanog4v.toy.stage0_vision import (WIDER_COLOURS, attribute_accuracy, colour_mask, fresh_clips, hazard_separation,
                                       patch_targets, pretrain_vision)
 from nanog4v.toy.worlddir import read_world
-from nanog4v.toy.world import COLOURS, SHAPES, Scene, Thing, render
+from nanog4v.toy.world import COLOURS, MOTIONS, SHAPES, Scene, Thing, render
 from nanog4v.vision import VisionTransformer
-from nanog4v.weights import load_vision, save_vision
+from nanog4v.weights import load_vision, rename_mplug_owl, save_vision
 
 CFG = preset("test")
 
@@ -40,6 +42,26 @@ def test_save_vision_round_trip_and_transformers_loads_it(tmp_path):
     bf16 = load_vision(save_vision(ours, tmp_path / "bf16", dtype=torch.bfloat16))
     assert bf16.patch_embed.weight.dtype == torch.float32                      # load_vision's default dtype
     assert torch.equal(bf16.patch_embed.weight, ours.patch_embed.weight.bfloat16().float())
+
+
+def test_save_vision_keeps_a_video_vits_temporal_modules(tmp_path):
+    """A video ViT (mPLUG-Owl's temporal modules) saves in the CLIP layout plus its temporal keys, under the
+    names mPLUG-Owl's checkpoint gives them, and loads back the same network: equal outputs on clips."""
+    torch.manual_seed(2)
+    ours = VisionTransformer(replace(CFG.vision, temporal=True)).eval()
+    for p in ours.parameters():                       # up_proj starts at zero: make the modules matter
+        p.data.add_(torch.randn_like(p) * 0.05)
+    path = save_vision(ours, tmp_path / "vision")
+    keys = set(safe_open(str(path / "model.safetensors"), "pt").keys())
+    temporal = {k for k in keys if ".temporal." in k}
+    assert len(temporal) == 8 * CFG.vision.n_layers                        # ln, down, conv, up: weight + bias
+    assert {rename_mplug_owl(k) for k in temporal} == {f"vision.{n}" for n in ours.state_dict() if ".temporal." in n}
+    again = load_vision(path)
+    assert again.cfg == ours.cfg and again.cfg.temporal
+    pixels = torch.randn(2 * 4, 3, CFG.vision.image_size, CFG.vision.image_size)     # two clips of 4 frames
+    with torch.no_grad():
+        out, back, alone = ours(pixels, num_frames=4), again(pixels, num_frames=4), ours(pixels)
+    assert torch.equal(out, back) and (out - alone).abs().max() > 1e-3      # the frames are mixed, and kept
 
 
 def test_attribute_accuracy_counts_each_field():
@@ -77,24 +99,26 @@ def test_hazard_separation_scores_frames():
 
 
 def test_patch_targets_are_the_rendered_pixels():
-    """The dense ViT targets equal, patch by patch, the share of each colour (and so each shape) among
-    the pixels the renderer paints, objects overlapping and moving included (supersample 1: one
+    """The dense ViT targets equal, patch by patch, the share of each colour (and so each shape and
+    each motion) among the pixels the renderer paints, objects overlapping and moving included (supersample 1: one
     sample point per pixel on both sides)."""
     scene = Scene((Thing("star", "red", "large", "left", "spins"), Thing("circle", "blue", "large", "centre", "moves left"),
                    Thing("heart", "yellow", "small", "top", "grows")), "navy")
     T, size, grid = 4, 32, 4
     frames = render(scene, num_frames=T, size=size, supersample=1)                     # (T, 32, 32, 3)
     colours, shapes = list(COLOURS), list(SHAPES)
-    colour, shape = patch_targets(scene, [(i + 0.5) / T for i in range(T)], grid, colours, shapes, sub=size // grid)
+    colour, shape, motion = patch_targets(scene, [(i + 0.5) / T for i in range(T)], grid, colours, shapes, sub=size // grid)
     index = {tuple(rgb): k for k, rgb in enumerate(COLOURS.values())}
     ids = torch.tensor([[[index.get(tuple(px), len(colours)) for px in row] for row in f] for f in frames])
     want = rearrange(F.one_hot(ids, len(colours) + 1).float(), "t (gh a) (gw b) c -> t (gh gw) (a b) c", gh=grid, gw=grid).mean(2)
     assert torch.equal(colour, want)
     assert 0.02 < want[..., :-1].sum().item() / (T * grid * grid) < 0.5          # objects do cover patches
     shape_of = {colours.index(t.colour): shapes.index(t.shape) for t in scene.objects} | {len(colours): len(shapes)}
+    motion_of = {colours.index(t.colour): MOTIONS.index(t.motion) for t in scene.objects} | {len(colours): len(MOTIONS)}
     for c, s in shape_of.items():
-        assert torch.equal(shape[..., s], colour[..., c])
+        assert torch.equal(shape[..., s], colour[..., c]) and torch.equal(motion[..., motion_of[c]], colour[..., c])
     assert torch.allclose(shape.sum(-1), torch.ones(T, grid * grid))
+    assert torch.allclose(motion.sum(-1), torch.ones(T, grid * grid)) and motion.shape[-1] == len(MOTIONS) + 1
 
 
 def test_fresh_vit_clips_are_train_split_scenes_rendered_at_the_sampled_frames(world):

@@ -23,6 +23,15 @@ the abstractor's spatial queries need: objects are findable patch by patch. What
 nano world is recorded in weights/nano/README.md ("Experiments behind the recipe"); the patch
 accuracy is in stage0.json.
 
+**Motion per patch, and a video ViT** (`dense_motion`; `VisionConfig.temporal`). CLIP sees one frame
+at a time, so no patch token can say how its object moves: motion exists only as the difference
+between frames, which the abstractor must work out from T sets of tokens (on the nano world the
+abstractor writing a clip's caption got an object's motion right on 39 % of val clips). mPLUG-Owl's video
+ViT, the one the official code starts from, has a temporal module before every block that lets each
+patch see the same patch in the frames before and after (vision.py). With it the dense head can
+also name, patch by patch, the motion of the object covering it ("none" elsewhere), and the
+motion is in the tokens the abstractor reads. Measured in weights/nano/README.md ("A video ViT").
+
 **Fresh clips in wider colours** (`fresh`, `wider`, `fresh_clips`). The world's clips hold only its
 train colour–shape pairs, so a ViT trained on them alone learns shape and colour *together*: a linear
 probe of its features names the shape of a clip with a held-out pair (a white circle) far less often
@@ -54,7 +63,7 @@ from ..video import sample_frame_indices, sample_frames
 from ..vision import VisionTransformer, preprocess
 from .worlddir import WorldError, read_world
 from .datasets import scene_labels
-from .world import HAZARD, MASKS, Scene, object_coordinates, render, sample_scene
+from .world import HAZARD, MASKS, MOTIONS, Scene, object_coordinates, render, sample_scene
 
 
 def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: int):
@@ -69,18 +78,20 @@ def load_clips(world_dir, rows: list[dict], label_names: list[str], num_frames: 
 
 
 def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str], shapes: list[str],
-                  sub: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                  sub: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Soft targets of the dense loss: for each frame (at clip time t ∈ [0, 1]) and each of its
-    grid × grid patches, the fraction of the patch that each colour and each shape covers, the last
-    class being "none" (background). Read from the renderer's own geometry (world.object_coordinates and MASKS,
-    objects painted in order, later ones on top) on sub × sub points per patch.
-    Returns colour (T, P, len(colours)+1) and shape (T, P, len(shapes)+1), rows summing to 1."""
+    grid × grid patches, the fraction of the patch that each colour, each shape and each motion
+    (world.MOTIONS: what the object covering it does) covers, the last class being "none"
+    (background). Read from the renderer's own geometry (world.object_coordinates and MASKS, objects
+    painted in order, later ones on top) on sub × sub points per patch. Returns colour (T, P,
+    len(colours)+1), shape (T, P, len(shapes)+1) and motion (T, P, len(MOTIONS)+1), rows summing to 1."""
     side = grid * sub
     centres = np.arange(side, dtype=np.float32) + 0.5                           # sample points, in grid·sub units
     yy, xx = np.meshgrid(centres, centres, indexing="ij")                       # (side, side)
     colour_id = [colours.index(t.colour) for t in scene.objects] + [len(colours)]
     shape_id = [shapes.index(t.shape) for t in scene.objects] + [len(shapes)]
-    colour, shape = torch.zeros(len(times), grid * grid, len(colours) + 1), torch.zeros(len(times), grid * grid, len(shapes) + 1)
+    motion_id = [MOTIONS.index(t.motion) for t in scene.objects] + [len(MOTIONS)]
+    colour, shape, motion = (torch.zeros(len(times), grid * grid, k + 1) for k in (len(colours), len(shapes), len(MOTIONS)))
     for i, t in enumerate(times):
         owner = np.full((side, side), -1)                                       # −1 = background
         for j, thing in enumerate(scene.objects):
@@ -89,7 +100,8 @@ def patch_targets(scene: Scene, times: list[float], grid: int, colours: list[str
         share = F.one_hot(owner % (len(scene.objects) + 1), len(scene.objects) + 1).float().mean(1)  # (P, K+1)
         colour[i].index_add_(1, torch.tensor(colour_id), share)                 # background (−1) is the last K+1
         shape[i].index_add_(1, torch.tensor(shape_id), share)
-    return colour, shape
+        motion[i].index_add_(1, torch.tensor(motion_id), share)
+    return colour, shape, motion
 
 
 # colours no clip of the world has (the names are the reading practice's, stage0_reading.EXTRA_COLOURS)
@@ -114,7 +126,7 @@ def fresh_clips(n: int, meta: dict, num_frames: int, hazard_share: float, rng: r
         if recolour:                                                            # the hazard sign keeps its stripes
             paint = lambda t: t if t.shape == HAZARD else replace(t, colour=rng.choice(list(WIDER_COLOURS)))
             painted = replace(scene, objects=tuple(paint(t) for t in scene.objects))
-        frames = render(painted, n_src, meta["size"], palette=WIDER_COLOURS)[sample_frame_indices(n_src, num_frames)]
+        frames = render(painted, n_src, meta["size"], palette=WIDER_COLOURS, only=sample_frame_indices(n_src, num_frames))
         rows.append({"scene": scene.to_dict(), "labels": scene_labels(scene), "frames": torch.from_numpy(frames),
                      "wider": recolour})
     return rows
@@ -128,22 +140,23 @@ def colour_mask(rows: list[dict], names: list[str], colours) -> torch.Tensor:
     return 1.0 - (wider[:, None] & is_colour[None, :]).float()
 
 
-def dense_targets(rows: list[dict], meta: dict, num_frames: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """patch_targets of every clip at the times stage 1 samples its frames: (N, T, P, C+1), (N, T, P, S+1)."""
+def dense_targets(rows: list[dict], meta: dict, num_frames: int, grid: int) -> list[torch.Tensor]:
+    """patch_targets of every clip at the times stage 1 samples its frames: (N, T, P, C+1), (N, T, P, S+1),
+    (N, T, P, M+1)."""
     n_src = meta["frames"]
     times = [(k + 0.5) / n_src for k in sample_frame_indices(n_src, num_frames)]  # the renderer's frame times
     vocab = meta["vocab"]
     colours, shapes = [*vocab["colours"], vocab["hazard"]["colour"]], [*vocab["shapes"], vocab["hazard"]["shape"]]
-    both = [patch_targets(Scene.from_dict(r["scene"]), times, grid, colours, shapes) for r in rows]
-    return torch.stack([c for c, _ in both]), torch.stack([s for _, s in both])
+    per_clip = [patch_targets(Scene.from_dict(r["scene"]), times, grid, colours, shapes) for r in rows]
+    return [torch.stack(field) for field in zip(*per_clip)]
 
 
 def encode(vit: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames (N, T, H, W, 3) → every token after ln_post, (N, T, 1+P, D): [CLS] is CLIP's
     image embedding, the P patch tokens are what the dense head reads."""
-    n = frames.shape[0]
+    n, t = frames.shape[:2]
     pixels = preprocess(rearrange(frames, "n t h w c -> (n t) h w c"), vit.cfg.image_size)  # (N·T, 3, S, S)
-    tokens = vit(pixels)                                                        # (N·T, 1+P, D)
+    tokens = vit(pixels, num_frames=t)                                          # (N·T, 1+P, D); a temporal ViT mixes the T
     tokens = tokens if vit.cfg.post_layernorm_all_tokens else vit.ln_post(tokens)
     return rearrange(tokens, "(n t) l d -> n t l d", n=n)                       # (N, T, 1+P, D)
 
@@ -208,7 +221,7 @@ def hazard_separation(train_emb, train_hazard, test_emb, test_hazard) -> dict:
 
 def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: int = 6, batch: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.05, warmup_frac: float = 0.05, seed: int = 0,
-                    dense_weight: float = 1.0, fresh: float = 0.0, wider: float = 0.0,
+                    dense_weight: float = 1.0, dense_motion: bool = False, fresh: float = 0.0, wider: float = 0.0,
                     log=print) -> tuple[VisionTransformer, dict]:
     """Train a ViT on the world's train clips (attribute prediction, see the module docstring), and
     every epoch on `fresh` × as many newly rendered train-split scenes (`fresh_clips`, a `wider` share
@@ -228,8 +241,9 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
     torch.manual_seed(seed)
     vit = VisionTransformer(cfg)
     head = nn.Linear(num_frames * cfg.dim, len(names))                          # thrown away afterwards,
-    n_colour, n_shape = (t.shape[-1] for t in targets["train"])
-    dense_head = nn.Linear(cfg.dim, n_colour + n_shape)                         # like this one
+    fields = 3 if dense_motion else 2                                           # colour, shape (, motion)
+    widths = [t.shape[-1] for t in targets["train"][:fields]]
+    dense_head = nn.Linear(cfg.dim, sum(widths))                                # like this one
     params = [(f"{prefix}.{n}", p) for prefix, m in (("vit", vit), ("head", head), ("dense_head", dense_head))
               for n, p in m.named_parameters()]
     opt = make_optimizer(params, lr, weight_decay)
@@ -263,9 +277,9 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
             feats = rearrange(tokens[:, :, 0], "b t d -> b (t d)")              # (B, T·D)
             loss = F.binary_cross_entropy_with_logits(head(feats), labels[idx], weight=weights[idx])  # head: (B, K)
             if dense_weight:
-                colour, shape = dense_head(tokens[:, :, 1:]).split([n_colour, n_shape], -1)  # (B, T, P, ·)
+                colour, *rest = dense_head(tokens[:, :, 1:]).split(widths, -1)  # (B, T, P, ·) each
                 loss = loss + dense_weight * (soft_cross_entropy(colour, dense[0][idx], plain[idx])
-                                              + soft_cross_entropy(shape, dense[1][idx]))
+                                              + sum(soft_cross_entropy(z, d[idx]) for z, d in zip(rest, dense[1:])))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -280,11 +294,11 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
         emb = {s: t[:, :, 0] for s, t in tokens.items()}                       # (N, T, D)
         if "val" in data:
             z = head(rearrange(emb["val"], "n t d -> n (t d)"))
-            colour, shape = dense_head(tokens["val"][:, :, 1:]).split([n_colour, n_shape], -1)
+            dense = dense_head(tokens["val"][:, :, 1:]).split(widths, -1)
             metrics["val"] = {"loss": F.binary_cross_entropy_with_logits(z, data["val"][1]).item(),
                               "accuracy": attribute_accuracy(z, split["val"], names, vocab), "clips": len(z),
-                              "patch_accuracy": {"colour": patch_accuracy(colour, targets["val"][0]),
-                                                 "shape": patch_accuracy(shape, targets["val"][1])}}
+                              "patch_accuracy": {name: patch_accuracy(z_, t_) for name, z_, t_
+                                                 in zip(("colour", "shape", "motion"), dense, targets["val"])}}
         if "heldout" in data:            # scored only: clips with a colour–shape pair no stage trains on
             z = head(rearrange(emb["heldout"], "n t d -> n (t d)"))
             metrics["heldout"] = {"accuracy": attribute_accuracy(z, split["heldout"], names, vocab), "clips": len(z)}

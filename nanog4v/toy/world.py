@@ -201,14 +201,16 @@ def object_coordinates(thing: Thing, t: float, size: int, xx: np.ndarray, yy: np
 
 
 def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int = 2,
-           palette: dict | None = None) -> np.ndarray:
+           palette: dict | None = None, only=None) -> np.ndarray:
     """The clip of a scene: uint8 (T, size, size, 3). Unsaid fields take `complete`'s defaults;
-    `palette` adds colours beyond the world's ({name: (r, g, b)}, stage 0's wider-colour ViT clips)."""
+    `palette` adds colours beyond the world's ({name: (r, g, b)}, stage 0's wider-colour ViT clips);
+    `only` (frame indices) renders just those frames of the T, the same pixels as render(...)[only]."""
     scene, k, colours = complete(scene), supersample, {**COLOURS, **(palette or {})}
     grid = (np.arange(size * k, dtype=np.float32) + 0.5) / k            # pixel centres, in output pixels
     yy, xx = np.meshgrid(grid, grid, indexing="ij")                     # (kS, kS) each
-    frames = np.empty((num_frames, size, size, 3), np.uint8)
-    for i in range(num_frames):
+    indices = range(num_frames) if only is None else list(only)
+    frames = np.empty((len(indices), size, size, 3), np.uint8)
+    for j, i in enumerate(indices):
         image = np.empty((size * k, size * k, 3), np.float32)           # (kS, kS, 3)
         image[:] = BACKGROUNDS[scene.background]
         for thing in scene.objects:
@@ -219,7 +221,7 @@ def render(scene: Scene, num_frames: int = 8, size: int = 64, supersample: int =
                 image[mask] = np.asarray(HAZARD_STRIPES, np.float32)[stripe[mask]]
             else:
                 image[mask] = colours[thing.colour]
-        frames[i] = image.reshape(size, k, size, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        frames[j] = image.reshape(size, k, size, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
     return frames
 
 
