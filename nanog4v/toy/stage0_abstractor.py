@@ -168,18 +168,24 @@ def fresh_features(vit, tokenizer: Tokenizer, world_dir, n: int, num_frames: int
     longer than N pieces is passed over (the world's own clips are checked by `caption_clips`)."""
     meta, _ = read_world(world_dir)
     rng, features, targets, have, drawn = random.Random(f"{seed}:abstractor-clips"), [], [], 0, 0
-    fits = lambda r: len(tokenizer.encode(caption(Scene.from_dict(r["scene"])))) <= queries
+
+    def target(row: dict) -> list[int] | None:
+        try:
+            return caption_targets(tokenizer, Scene.from_dict(row["scene"]), queries)
+        except AbstractorError:                                             # longer than N pieces: passed over
+            return None
+
     while have < n:
         if drawn >= 4 * n + 256:
             raise AbstractorError(f"only {have} of {drawn} fresh scenes have a caption of at most {queries} pieces "
                                   "(Stage0Settings.abstractor_queries)")
         rows = fresh_clips(min(chunk, n - have), meta, num_frames, 0.0, rng)
-        drawn, rows = drawn + len(rows), [r for r in rows if fits(r)]
-        if rows:
+        drawn, kept = drawn + len(rows), [(r, ids) for r in rows if (ids := target(r)) is not None]
+        if kept:
             with torch.no_grad():
-                features.append(encode(vit, torch.stack([r["frames"] for r in rows])).half())   # (c, T, 1+P, D)
-            targets.append(torch.tensor([caption_targets(tokenizer, Scene.from_dict(r["scene"]), queries) for r in rows]))
-            have += len(rows)
+                features.append(encode(vit, torch.stack([r["frames"] for r, _ in kept])).half())   # (c, T, 1+P, D)
+            targets.append(torch.tensor([ids for _, ids in kept]))
+            have += len(kept)
     return torch.cat(features), torch.cat(targets)
 
 

@@ -294,11 +294,11 @@ def pretrain_vision(cfg: VisionConfig, world_dir, num_frames: int, *, epochs: in
         emb = {s: t[:, :, 0] for s, t in tokens.items()}                       # (N, T, D)
         if "val" in data:
             z = head(rearrange(emb["val"], "n t d -> n (t d)"))
-            dense = dense_head(tokens["val"][:, :, 1:]).split(widths, -1)
+            patch_logits = dense_head(tokens["val"][:, :, 1:]).split(widths, -1)
             metrics["val"] = {"loss": F.binary_cross_entropy_with_logits(z, data["val"][1]).item(),
                               "accuracy": attribute_accuracy(z, split["val"], names, vocab), "clips": len(z),
                               "patch_accuracy": {name: patch_accuracy(z_, t_) for name, z_, t_
-                                                 in zip(("colour", "shape", "motion"), dense, targets["val"])}}
+                                                 in zip(("colour", "shape", "motion"), patch_logits, targets["val"])}}
         if "heldout" in data:            # scored only: clips with a colour–shape pair no stage trains on
             z = head(rearrange(emb["heldout"], "n t d -> n (t d)"))
             metrics["heldout"] = {"accuracy": attribute_accuracy(z, split["heldout"], names, vocab), "clips": len(z)}
