@@ -2,6 +2,7 @@
 
     python train.py --preset nano --stage all --out weights/nano   # the whole nano recipe: world, stages 0, 1, 2
     python train.py --stage 0 [--world DIR] [--out DIR]   # nano: tokenizer, ViT and LLaMA from the toy world
+    python train.py --stage all --quick --world-n 80 --out DIR   # the quick variant of stage 0: minutes, weaker
     python train.py --stage 1 [--preset nano|7b|test] [--data FILE ...] [--out DIR] [--resume] [--max-steps N]
     python train.py --stage 2 ...                         # LoRA on the dialogues, from the stage-1 model (--init;
                                                           # required unless the preset has one, e.g. nano)
@@ -116,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, help="SentencePiece tokenizer.model")
     p.add_argument("--world", type=Path, help="toy world for --stage 0 (default: OUT/toyworld, made if missing)")
     p.add_argument("--world-n", type=int, default=2000, help="clips in a toy world made by --stage 0|all")
+    p.add_argument("--quick", action="store_true", help="--stage 0|all: stage 0's quick settings (stage0.QUICK: a "
+                   "per-frame ViT, no pretrained abstractor; minutes, and a weaker model than the shipped one)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--init", type=Path, help="start from this model's trainable parts (a stage-1 --out; "
                        "stage 2 needs one unless the preset has a default or --no-init is given); owl-video: "
@@ -161,6 +164,8 @@ def check_args(args) -> None:
     problem = number_flag_problem(args, NUMBER_FLAGS)
     if problem:
         raise TrainError(problem)
+    if args.quick and args.stage not in ("0", "all"):
+        raise TrainError(f"--quick: stage 0's quick settings; --stage {args.stage} has no stage 0")
     in_the_way = file_in_the_way(args.out) if args.out is not None else None
     if in_the_way:
         raise TrainError(f"--out: {in_the_way} is a file, not a directory")
@@ -366,7 +371,7 @@ def run(args) -> dict:
         if args.preset == "7b":
             raise TrainError(f"train.py: --stage {args.stage} makes the toy presets' frozen parts; 7b starts from "
                              "the official CLIP ViT-L/14 and LLaMA-7B (see weights/README.md)")
-        toy = dict(world=args.world, world_n=args.world_n, seed=args.seed, quiet=args.quiet)
+        toy = dict(world=args.world, world_n=args.world_n, seed=args.seed, quiet=args.quiet, quick=args.quick)
         if args.stage == "0":
             return recipe.stage0(args.out or Path("runs") / f"{args.preset}-stage0", args.preset, **toy)
         own = [k for k in ("lr", "epochs", "batch_size", "grad_accum", "warmup_steps", "init", "no_init", "data", "val",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nanog4v.config import preset
 from nanog4v.eval import ablations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,22 @@ def test_each_variant_trains_with_its_change_and_is_scored(ckpt, tmp_path):
     assert f"{100 * p:.1f} ± {100 * (p * (1 - p) / n) ** 0.5:.1f} % (n 3)" in table
 
 
+def test_a_variant_starts_from_the_presets_abstractor_not_the_shipped_ones(ckpt, tmp_path):
+    """Stage 0 may pretrain the shipped abstractor with more queries (VIDEO_VIT: 34); the ablations compare
+    fresh abstractors of the preset's shape, on the shipped frozen parts."""
+    shipped = json.loads((ckpt / "stage1" / "config.json").read_text())
+    shipped["config"]["abstractor"]["num_queries"] = 7
+    (tmp_path / "ckpt" / "stage1").mkdir(parents=True)
+    (tmp_path / "ckpt" / "stage1" / "config.json").write_text(json.dumps(shipped))
+    saved = {}
+    for name in ("both, N=16, T=4", "N=32", "T=8"):
+        init = ablations.untrained_init(tmp_path / "ckpt", ablations.VARIANTS[name][2], tmp_path / name)
+        saved[name] = json.loads((init / "config.json").read_text())["config"]
+    assert saved["both, N=16, T=4"]["abstractor"]["num_queries"] == preset("test").abstractor.num_queries == 4
+    assert saved["N=32"]["abstractor"]["num_queries"] == 32 and saved["T=8"]["abstractor"]["num_queries"] == 4
+    assert saved["T=8"]["num_frames"] == 8 and saved["T=8"]["vision"] == shipped["config"]["vision"]
+
+
 def test_standard_errors_are_the_binomial_ones_and_old_results_still_print():
     assert ablations.standard_error(0.5, 1111) == pytest.approx(0.015, abs=1e-4)
     assert ablations.standard_error(0.9, 100) == pytest.approx(0.03)
@@ -53,10 +70,15 @@ def test_standard_errors_are_the_binomial_ones_and_old_results_still_print():
     assert row == "| frames | T=2 | 9 | 0.500 | 60.0 ± 2.8 % (n 300) | 25.0 % | – | 90.0 % | – |"
 
 
-def test_an_unknown_checkpoint_is_one_error_line(tmp_path, capsys):
+def test_an_unknown_checkpoint_is_one_error_line(ckpt, tmp_path, capsys):
     assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "N=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "stage1_heldout.json: missing" in err and "\n" not in err
+    assert ablations.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"), "--only", "N=4", "pretrained abstractor"]) == 2
+    err = capsys.readouterr().err.strip()     # the test preset's stage 0 pretrains no abstractor: refused before any run
+    assert err == (f"error: {ckpt / 'abstractor' / 'config.json'}: missing; this checkpoint's stage 0 pretrained no "
+                   "abstractor (Stage0Settings.abstractor_steps), so 'pretrained abstractor' has nothing to start from")
+    assert not (tmp_path / "o").exists()
     assert ablations.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --limit: must be a finite number >= 1, not 0"
 

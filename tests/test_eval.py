@@ -91,6 +91,22 @@ def test_a_perfect_model_scores_perfectly(ckpt, monkeypatch):
                           + sum(s["n"] for s in r["safety"].values()))
 
 
+def test_replies_compute_each_clips_tokens_once_and_answer_as_one_by_one(ckpt, monkeypatch):
+    """Questions about the same clip reuse its video tokens: one ViT pass per clip, the same greedy replies
+    as asking each question alone (which computes the tokens every time)."""
+    model, tok = ev.load_chat_model(ckpt)
+    items, _ = ev.questions(ev.held_out(ckpt / "toyworld")["stage1"], None)
+    convs = [it["conversation"] for it in items][:12]
+    clips = {tuple(c["videos"]) for c in convs}
+    assert len(convs) > len(clips) >= 2                          # some clip is asked about more than once
+    alone = [ev.replies(model, tok, [c], 12, batch_size=1)[0] for c in convs]
+    calls = []
+    real = ev.video_tokens
+    monkeypatch.setattr(ev, "video_tokens", lambda m, videos: calls.append(tuple(videos)) or real(m, videos))
+    assert ev.replies(model, tok, convs, 12, batch_size=1) == alone
+    assert sorted(calls) == sorted(clips)
+
+
 def test_described_right_needs_every_object_with_every_fact_and_nothing_else():
     from nanog4v.toy.datasets import describe
     from nanog4v.toy.world import Scene, Thing

@@ -13,10 +13,11 @@ from nanog4v.model import GPT4Video
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.stage0 import Stage0Settings, run_stage0
 from nanog4v.toy.recipe import pretrained_abstractor
-from nanog4v.toy.stage0_abstractor import (PAD_PIECE, AbstractorError, caption_clips, caption_targets, motion_ids,
-                                           fresh_features, nearest_pieces, pretrain_abstractor)
+from nanog4v.toy.stage0_abstractor import (FIELDS, PAD_PIECE, AbstractorError, caption_clips, caption_targets,
+                                           fields_right, fresh_features, motion_ids, nearest_pieces,
+                                           pretrain_abstractor)
 from nanog4v.toy.stage0_vision import encode, fresh_clips
-from nanog4v.toy.world import MOTIONS, Scene, caption
+from nanog4v.toy.world import MOTIONS, Scene, Thing, caption
 from nanog4v.toy.worlddir import read_world, write_world
 from nanog4v.weights import load_llama, load_vision
 
@@ -52,6 +53,25 @@ def test_the_targets_are_the_caption_pieces_then_spaces(stage0):
         caption_targets(tok, longest, len(tok.encode(caption(longest))) - 1)
     assert all(len(tok.encode(m)) == 1 for m in MOTIONS if " " in m)   # the bare-object tokenizer: "▁moves▁left"
     assert {i for m in MOTIONS for i in tok.encode(m)} == motion_ids(tok)
+
+
+def test_fields_right_reads_each_written_object_against_the_caption(stage0):
+    """A caption written back exactly is right in every field; one object's colour and another's motion
+    changed cost exactly those fields; an object left out is wrong in all of them."""
+    _, out = stage0
+    tok = Tokenizer(out / "tokenizer.model")
+    want = Scene((Thing("circle", "red", "large", "left", "moves right"), Thing("square", "blue", "small", "top",
+                                                                                 "stays still")), "black")
+    changed = Scene((Thing("circle", "green", "large", "left", "moves right"), Thing("square", "blue", "small", "top",
+                                                                                      "moves down")), "black")
+    one = Scene(want.objects[:1], "black")
+    rows = lambda *scenes: torch.tensor([caption_targets(tok, sc, N) for sc in scenes])
+    assert fields_right(tok, rows(want), rows(want)) == dict.fromkeys(FIELDS, 1.0)
+    assert fields_right(tok, rows(changed, want), rows(want, want)) == {"colour": 0.75, "shape": 1.0, "size": 1.0,
+                                                                        "position": 1.0, "motion": 0.75}
+    assert fields_right(tok, rows(one), rows(want)) == dict.fromkeys(FIELDS, 0.5)
+    report = json.loads((out / "stage0.json").read_text())["abstractor"]["val"]["fields_right"]
+    assert set(report) == set(FIELDS) and all(0 <= v <= 1 for v in report.values())
 
 
 def test_nearest_pieces_reads_tokens_back_as_pieces():

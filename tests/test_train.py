@@ -300,6 +300,7 @@ def test_errors_name_the_file_and_say_what_to_do(world, stage1, tmp_path, capsys
     assert "not a readable checkpoint" in _error(capsys, [*args(world, tmp_path / "bad", 1), "--resume"])
     assert "7b starts from the official" in _error(capsys, ["--stage", "0", "--preset", "7b"])
     assert "run the stages one by one to set --lr" in _error(capsys, ["--stage", "all", "--lr", "1e-3"])
+    assert "--quick: stage 0's quick settings; --stage 1 has no stage 0" in _error(capsys, ["--stage", "1", "--quick"])
     assert "--world-n: must be a finite number >= 10, not 5" in _error(capsys, ["--stage", "0", "--preset", "test", "--world-n", "5",
                                                "--out", str(tmp_path / "s0")])
     if not (ROOT / "weights" / "clip-vit-large-patch14").exists():

@@ -9,14 +9,17 @@ split with `nanog4v.eval.tables`:
 | streams (Eq. 4) | F_s + F_t (the paper), F_s only, F_t only | stage 1 | held-out QA, by question type |
 | queries | N = 4, 16 (nano), 32 | stage 1 | held-out QA |
 | frames | T = 2, 4 (nano), 8 | stage 1 | held-out QA |
-| abstractor | the paper's Eq. 2–4 (nano), the official code's joint form | stage 1 | held-out QA |
+| abstractor | the paper's Eq. 2–4 (nano), the official code's joint form, stage 0's pretrained one | stage 1 | held-out QA |
 | LoRA rank | r = 4, 16 (nano), 64 (α = 16 throughout) | stage 2, from the shipped stage 1 | prompt fidelity, QA |
 
-Every stage-1 variant starts from a fresh abstractor (seed 0) and trains for `--epochs` (default 1, an
-eighth of the shipped schedule) through `train.py` itself — the variant's abstractor is written as an
-untrained `--init`, so the run takes exactly the code path of the recipe. The "both / N = 16 / T = 4"
-run is the shared baseline of the first three families. Results go to OUT/results.json (one entry per
-variant: settings, wall time, final loss, the scores) and a markdown table on stdout.
+Every stage-1 variant starts from a fresh abstractor (seed 0) of the nano preset's shape (N = 16; the
+shipped one has 34 queries, which stage 0 pretrained to hold a caption) and trains for `--epochs`
+(default 1) through `train.py` itself — the variant's abstractor is written as an untrained `--init`, so
+the run takes exactly the code path of the recipe. "pretrained abstractor" starts instead from the one
+stage 0 taught to write each clip's caption (CKPT/abstractor, the shipped stage 1's `--init`). The
+"both / N = 16 / T = 4" run is the shared baseline of the first three families. Results go to
+OUT/results.json (one entry per variant: settings, wall time, final loss, the scores) and a markdown
+table on stdout.
 
 Every accuracy is given with its standard error, √(p(1 − p)/n): two variants whose scores differ by less
 than about two of them are not told apart. One standard error ≤ 1.5 points needs n ≳ 1,100 questions of
@@ -40,7 +43,7 @@ import torch
 
 from ..abstractor import build_abstractor
 from ..cli import number_flag_problem
-from ..config import G4VConfig
+from ..config import G4VConfig, preset
 from ..features import cache_features, unique_videos
 from ..model import GPT4Video
 from ..readers import read_videochat
@@ -59,6 +62,7 @@ VARIANTS = {   # name -> (family, stage, changes to the abstractor / num_frames 
     "T=2": ("frames", 1, {"num_frames": 2}),
     "T=8": ("frames", 1, {"num_frames": 8}),
     "official abstractor": ("abstractor", 1, {"variant": "official"}),
+    "pretrained abstractor": ("abstractor", 1, {"pretrained": True}),    # stage 0's (CKPT/abstractor), not fresh
     "r=4": ("lora", 2, {"r": 4}),
     "r=16": ("lora", 2, {"r": 16}),
     "r=64": ("lora", 2, {"r": 64}),
@@ -66,11 +70,13 @@ VARIANTS = {   # name -> (family, stage, changes to the abstractor / num_frames 
 
 
 def untrained_init(ckpt: Path, changes: dict, directory: Path) -> Path:
-    """The shipped stage-1 config with `changes`, and a fresh abstractor (seed 0), saved as a train.py --init."""
+    """The shipped stage-1 config with the preset's abstractor and `changes`, and a fresh abstractor (seed
+    0), saved as a train.py --init. (The preset's shape, not the shipped one's: stage 0 may have pretrained
+    the shipped abstractor with more queries, to hold a caption; the ablations compare fresh abstractors.)"""
     cfg = G4VConfig.from_dict(json.loads((ckpt / "stage1" / "config.json").read_text())["config"])
     frames = changes.get("num_frames", cfg.num_frames)
-    cfg = replace(cfg, num_frames=frames,
-                  abstractor=replace(cfg.abstractor, **{k: v for k, v in changes.items() if k != "num_frames"}))
+    abstractor = replace(preset(cfg.name).abstractor, **{k: v for k, v in changes.items() if k != "num_frames"})
+    cfg = replace(cfg, num_frames=frames, abstractor=abstractor)
     with torch.device("meta"):
         model = GPT4Video(cfg)                      # the frozen parts stay on meta: only the abstractor is saved
     torch.manual_seed(0)
@@ -134,13 +140,17 @@ def run_ablations(ckpt, out, names: list[str], epochs: int = 1, limit: int | Non
     if ours != theirs:      # another seed holds out other pairs: pairs the checkpoint trained on would be "held out"
         raise ValueError(f"{data / 'world.json'}: held-out pairs {theirs} are not the checkpoint's {ours}; render "
                          f"the larger world with the checkpoint world's --seed")
+    pretrained = ckpt / "abstractor" / "config.json"
+    if not pretrained.is_file() and any(VARIANTS[n][2].get("pretrained") for n in names):
+        raise ValueError(f"{pretrained}: missing; this checkpoint's stage 0 pretrained no abstractor "
+                         "(Stage0Settings.abstractor_steps), so 'pretrained abstractor' has nothing to start from")
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for name in names:
         family, stage, changes = VARIANTS[name]
         run_dir = out / name.replace(" ", "_").replace(",", "").replace("=", "")
         started = time.time()
-        if stage == 1:
-            init = untrained_init(ckpt, changes, run_dir / "init")
+        if stage == 1:                 # a fresh abstractor, or the one stage 0 taught to write captions
+            init = ckpt / "abstractor" if changes.get("pretrained") else untrained_init(ckpt, changes, run_dir / "init")
             frames = json.loads((init / "config.json").read_text())["config"]["num_frames"]
             summary = train(ckpt, 1, init, run_dir, epochs, ["--features-dir", str(features(ckpt, out, frames))])
         else:

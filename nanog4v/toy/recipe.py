@@ -33,7 +33,7 @@ from ..plots import plot_losses
 from ..trainer import read_log
 from ..weights import load_vision
 from .worlddir import write_world
-from .stage0 import run_stage0
+from .stage0 import QUICK, run_stage0
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 RECIPE_FLAGS = {"eval_n": "--eval-n", "device": "--device", "dtype": "--dtype",
@@ -57,10 +57,12 @@ def toy_world(path: Path, n: int, seed: int, quiet: bool) -> Path:
 
 
 def stage0(out: Path, preset_name: str = "nano", *, world: Path | None = None, world_n: int = 2000, seed: int = 0,
-           quiet: bool = False) -> dict:
-    """`train.py --stage 0`: the toy preset's tokenizer, ViT and LLaMA from the toy world, into `out`."""
+           quiet: bool = False, quick: bool = False) -> dict:
+    """`train.py --stage 0`: the toy preset's tokenizer, ViT and LLaMA from the toy world, into `out`;
+    `quick` (--quick): stage0.QUICK's settings instead of the preset's (minutes, and a weaker model)."""
     world = toy_world(world or out / "toyworld", world_n, seed, quiet)
-    return run_stage0(world, preset(preset_name), out, seed=seed, log=(lambda *a, **k: None) if quiet else print)
+    return run_stage0(world, preset(preset_name), out, seed=seed, log=(lambda *a, **k: None) if quiet else print,
+                      settings=QUICK if quick else None)
 
 
 def handed_on(args) -> list[str]:
@@ -76,12 +78,12 @@ def handed_on(args) -> list[str]:
 
 
 def run_all(out: Path, preset_name: str = "nano", *, world: Path | None = None, world_n: int = 2000, seed: int = 0,
-            quiet: bool = False, passed_on: list[str] = ()) -> dict:
-    """`train.py --stage all` (the module docstring); `passed_on` are extra flags for both stages' runs.
-    Returns the summary of stage 2."""
+            quiet: bool = False, quick: bool = False, passed_on: list[str] = ()) -> dict:
+    """`train.py --stage all` (the module docstring); `quick`: stage 0's quick settings (`stage0`);
+    `passed_on` are extra flags for both stages' runs. Returns the summary of stage 2."""
     world = toy_world(world or out / "toyworld", world_n, seed, quiet)
     if not (out / "stage0.json").is_file():
-        stage0(out, preset_name, world=world, seed=seed, quiet=quiet)
+        stage0(out, preset_name, world=world, seed=seed, quiet=quiet, quick=quick)
     frozen = ["--vision", out / "vision", "--llama", out / "llama", "--tokenizer", out / "tokenizer.model"]
     stage1_data = [world / "stage1_train.json", world / "stage1_val.json"]
     videos = unique_videos(read_records(stage1_data, None, True, log=lambda *a, **k: None))

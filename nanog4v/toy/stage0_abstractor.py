@@ -58,7 +58,7 @@ from ..tokenizer import Tokenizer
 from ..trainer import lr_at, make_optimizer
 from .stage0_vision import encode, fresh_clips
 from .worlddir import read_world
-from .world import MOTIONS, POSITION_PHRASES, Scene, caption
+from .world import MOTIONS, POSITION_PHRASES, Scene, caption, parse_caption
 
 PAD_PIECE = "\u2581"          # "▁": the space before "</video>"; the LLaMA reads it after a caption unharmed
 TAU = 0.1                     # temperature of the nearest-piece cross-entropy, in units of mean ‖E‖²
@@ -113,7 +113,8 @@ def pretrain_abstractor(cfg: G4VConfig, llama: LLaMA, tokenizer: Tokenizer, worl
     """Train a fresh abstractor (cfg's, with `queries` queries) to write each train clip's caption as
     `llama`'s embeddings (the module docstring), on the world's train clips and the `fresh` ones
     (`fresh_features`: features (F, T, 1+P, D) and targets (F, N)). Returns (abstractor, metrics):
-    the val clips' pieces right and captions right in every piece."""
+    the val clips' pieces right, captions right in every piece, and each object's fields right when the
+    written caption is read back as words (`fields_right`)."""
     acfg = replace(cfg.abstractor, num_queries=queries)
     if acfg.variant != "paper":
         raise AbstractorError("the pretrained abstractor is the paper's form (Eq. 2–4); "
@@ -151,13 +152,32 @@ def pretrain_abstractor(cfg: G4VConfig, llama: LLaMA, tokenizer: Tokenizer, worl
             log(f"stage 0 abstractor: step {step}/{steps}, loss {loss.item():.4f} ({time.time() - started:.0f}s)")
     abstractor.eval()
     with torch.no_grad():
-        right = torch.cat([nearest_pieces(abstractor(xv[i:i + 128]), table) == yv[i:i + 128]
-                           for i in range(0, len(xv), 128)]) if len(xv) else torch.zeros(0, queries, dtype=torch.bool)
+        written = torch.cat([nearest_pieces(abstractor(xv[i:i + 128]), table)
+                             for i in range(0, len(xv), 128)]) if len(xv) else torch.zeros(0, queries, dtype=torch.long)
+    right = written == yv                                                  # (C, N)
     metrics = {"steps": steps, "queries": queries, "train_clips": len(x), "losses": losses[:: max(1, steps // 400)],
                "final_loss": sum(losses[-50:]) / len(losses[-50:]),
                "val": {"clips": len(xv), "pieces_right": right.float().mean().item() if len(xv) else None,
-                       "captions_right": right.all(1).float().mean().item() if len(xv) else None}}
+                       "captions_right": right.all(1).float().mean().item() if len(xv) else None,
+                       "fields_right": fields_right(tokenizer, written, yv)}}
     return abstractor, metrics
+
+
+FIELDS = ("colour", "shape", "size", "position", "motion")
+
+
+def fields_right(tokenizer: Tokenizer, written: torch.Tensor, targets: torch.Tensor) -> dict[str, float | None]:
+    """Each written caption (nearest pieces, (C, N)) read back as words (toy.world.parse_caption) against
+    its target caption's: per field, the share of the targets' objects whose k-th written object has it
+    right (an object it did not write is wrong). What the LLaMA will read about each object."""
+    hits, total = dict.fromkeys(FIELDS, 0), 0
+    for w, t in zip(written.tolist(), targets.tolist()):
+        got, want = (parse_caption(tokenizer.decode(ids)).objects for ids in (w, t))
+        total += len(want)
+        for k, thing in enumerate(want):
+            for f in FIELDS:
+                hits[f] += k < len(got) and getattr(got[k], f) == getattr(thing, f)
+    return {f: hits[f] / total if total else None for f in FIELDS}
 
 
 def fresh_features(vit, tokenizer: Tokenizer, world_dir, n: int, num_frames: int, queries: int, *, seed: int = 0,
@@ -220,5 +240,5 @@ def make_abstractor(cfg: G4VConfig, vit, llama: LLaMA, tokenizer: Tokenizer, wor
                                               seed=seed, log=log)
     save_abstractor(abstractor, replace(cfg, vision=vit.cfg, llama=llama.cfg), out_dir / "abstractor")
     log(f"stage 0 abstractor: val pieces right {metrics['val']['pieces_right']}, "
-        f"captions right {metrics['val']['captions_right']}")
+        f"captions right {metrics['val']['captions_right']}, fields right {metrics['val']['fields_right']}")
     return metrics
