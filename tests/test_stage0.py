@@ -15,13 +15,14 @@ from nanog4v.readers import read_dialogues, read_safety, read_videochat
 from nanog4v.toy.stage0 import (Stage0Error, Stage0Settings, by_length, encode_document, pretrain_llama,
                                 pretraining_documents, run_stage0, train_tokenizer)
 from nanog4v.toy.stage0_objects import LIST_ASKS, ObjectsPart, object_slot
-from nanog4v.toy.stage0_reading import (EXTRA_COLOURS, EXTRA_SHAPES, MORE_PARAPHRASES, PARAPHRASES, WIDEST,
-                                        asked_in_wider_words, drill_documents, frame, loosen, reading_caption,
-                                        reading_documents)
+from nanog4v.toy.stage0_reading import (EDIT_PARAPHRASES, EXTRA_COLOURS, EXTRA_SHAPES, MORE_PARAPHRASES, PARAPHRASES,
+                                        WIDER, WIDEST, asked_in_wider_words, drill_documents, edit_documents, frame,
+                                        loosen, reading_caption, reading_documents, shown_then)
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.worlddir import WorldError, read_world
+from nanog4v.toy.datasets import refer
 from nanog4v.toy.phrases import PHRASINGS
-from nanog4v.toy.world import POSITION_PHRASES, Scene, Thing, caption, parse_caption, sample_scene
+from nanog4v.toy.world import BACKGROUNDS, COLOURS, GERUNDS, POSITION_PHRASES, Scene, Thing, caption, parse_caption, sample_scene
 from nanog4v.weights import load_llama, load_vision
 
 CFG = preset("test")
@@ -162,6 +163,7 @@ def test_no_stage0_document_holds_a_held_out_pair_or_phrasing(world):
     asked_afresh = [d for _ in range(20) for r in train
                     for d in asked_in_wider_words(Scene.from_dict(r["scene"]), r["id"], rng)]     # llama_rephrase
     docs = (pretraining_documents(world, "train") + reading_documents(200, held_pairs, random.Random(0))
+            + reading_documents(200, held_pairs, random.Random(5), edits=True)                  # llama_edits
             + drill_documents(200, held_pairs, random.Random(1), reading_caption) + objects + asked_afresh)
     text = "\n".join("".join(p.text for p in d) for d in docs)
     assert pairs and not [p for p in pairs if p in text]
@@ -215,6 +217,46 @@ def test_more_paraphrases_are_read_only_when_asked_for_and_never_a_held_out_phra
     assert not [q for q in default if any(p.search(q) for p in more)]
     assert sum(any(p.search(q) for p in more) for q in widest) > 30
     assert not [q for q in widest for pattern in map(as_pattern, held) if pattern.search(q)]
+
+
+def test_edits_change_one_field_of_the_shown_video_and_questions_about_it_get_its_answer():
+    """llama_edits: after a shown video, a change of it (<video2> = <video1> with the named object's colour
+    or motion, or the background, changed), or a question about it answered with the named object's field;
+    none in a held-out phrasing (nor its frame); a fifth of the requests ask for two videos; off: none."""
+    held = [h for _, hs in PHRASINGS.values() for h in hs]
+    assert not [(p, h) for ps in EDIT_PARAPHRASES.values() for p in ps for h in held if frame(p) == frame(h)]
+    shown = Scene((Thing("circle", "red", None, "left", "moves up"), Thing("circle", "blue", "small", "right", None),
+                   Thing("star", "teal", None, None, "spins")), "gold")
+    names = [{refer(shown, i, avoid) for avoid in ("", "colour", "position")} for i in range(3)]   # "red circle", …
+    swaps = {caption(Scene(shown.objects, b)): (b,) for b in (*EXTRA_COLOURS, *BACKGROUNDS)}
+    for i in range(3):
+        for field, values in (("colour", (*EXTRA_COLOURS, *COLOURS)), ("motion", GERUNDS)):
+            swaps |= {caption(Scene(tuple(replace(o, **{field: v}) if j == i else o for j, o in enumerate(shown.objects)),
+                                    shown.background)): (i, v.split()[-1][:4]) for v in values}      # "move up"
+    changes = questions = 0
+    for k in range(300):
+        turns = shown_then(shown, random.Random(k), {("pink", "star")}, WIDER)
+        for question, reply in zip([t["value"] for t in turns[0::2]], [t["value"] for t in turns[1::2]]):
+            assert not [pattern for pattern in map(as_pattern, held) if pattern.search(question)]
+            named = [i for i in range(3) if any(re.search(rf"\b{n}\b", question) for n in names[i])]
+            if "<video2>" not in reply:                      # a question: the named object's field
+                questions += 1
+                (i,) = named
+                assert reply in (shown.objects[i].colour, shown.objects[i].motion, POSITION_PHRASES.get(shown.objects[i].position))
+                continue
+            changes += 1
+            new = re.search(r"<video2> (.*) </video2>", reply)[1]
+            assert new in swaps and new != caption(shown) and "pink star" not in new     # one field, never a held pair
+            *i, word = swaps[new]
+            assert word in question and named == i                                     # the one it names
+    assert changes > 120 and questions > 80
+    edited, plain = (reading_documents(300, set(), random.Random(0), edits=e) for e in (True, False))
+    text = lambda docs: "\n".join("".join(p.text for p in d) for d in docs)
+    assert 30 < text(edited).count("</video1> ") < 90 and text(edited).count("<video2>") > 200      # two at once
+    assert "<video1>" not in text(plain) and "<video2>" not in text(plain)
+    dialogues = edit_documents(200, {("pink", "star")}, random.Random(1))     # text only: no video slot
+    assert len(dialogues) == 200 and not [p for d in dialogues for p in d if p.kind == "slot"]
+    assert 120 < sum("<video2>" in text([d]) for d in dialogues) < 180 and "pink star" not in text(dialogues)
 
 
 def as_pattern(template: str) -> re.Pattern:
@@ -279,6 +321,18 @@ def test_binding_epochs_read_only_clips_of_two_or_three_objects(world, stage0):
     plain = pretrain_llama(CFG.llama, tok, world, settings, log=lambda *a: None)[1]
     first = pretrain_llama(CFG.llama, tok, world, replace(settings, llama_binding_epochs=1), log=lambda *a: None)[1]
     assert first["losses"] != plain["losses"] and first["steps"] <= plain["steps"] and first["val_loss"] < first["losses"][0]
+
+
+def test_edit_dialogues_are_read_when_asked_for(world, stage0):
+    """llama_edits: edit_documents (llama_edits per train clip) join every epoch, so there are more steps
+    and the log counts them; trained, the loss falls."""
+    tok, logged = Tokenizer(stage0["tokenizer"]), []
+    settings = Stage0Settings(llama_epochs=1, llama_reading=0.0, llama_batch=4, llama_block=96, eval_n=0)
+    plain = pretrain_llama(CFG.llama, tok, world, settings, log=lambda *a: None)[1]
+    edits = pretrain_llama(CFG.llama, tok, world, replace(settings, llama_edits=0.5), log=logged.append)[1]
+    clips = sum(r["split"] == "train" for r in read_world(world)[1])
+    assert edits["steps"] > plain["steps"] and f" and {round(0.5 * clips)} edits an epoch" in logged[0]
+    assert edits["val_loss"] < edits["losses"][0]
 
 
 def test_by_length_puts_one_document_in_a_row_within_the_token_budget():

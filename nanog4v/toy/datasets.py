@@ -239,12 +239,13 @@ def stage2_record(rng: random.Random, held: set, split: str, i: int) -> dict:
             "scenes": [s.to_dict() for s in scenes], "conversations": _turns(*turns)}
 
 
-def vary(scene: Scene, rng: random.Random, held: set, ask) -> tuple[Scene, str]:
-    """A variation request on a shown scene: another colour, motion or background."""
+def vary(scene: Scene, rng: random.Random, held: set, ask, colours=COLOURS, backgrounds=BACKGROUNDS) -> tuple[Scene, str]:
+    """A variation request on a shown scene: another colour, motion or background (of `colours`,
+    `backgrounds`: stage 0's reading practice passes wider ones)."""
     i = rng.randrange(len(scene.objects))
     t, ref = scene.objects[i], refer(scene, i)
     used = scene.pairs()
-    colours = [c for c in COLOURS if c != t.colour and (c, t.shape) not in held | used]
+    colours = [c for c in colours if c != t.colour and (c, t.shape) not in held | used]
     what = rng.choice(["colour", "motion", "background"] if ref and colours else ["background"])
     if what == "colour":
         colour = rng.choice(colours)
@@ -254,7 +255,7 @@ def vary(scene: Scene, rng: random.Random, held: set, ask) -> tuple[Scene, str]:
         verb = motion.replace("moves", "move").replace("grows", "grow").replace("shrinks", "shrink") \
                      .replace("spins", "spin").replace("stays", "stay")
         return _swap(scene, i, motion=motion), ask("vary_motion", ref=ref, verb=verb, gerund=GERUNDS[motion])
-    background = rng.choice([b for b in BACKGROUNDS if b != scene.background])
+    background = rng.choice([b for b in backgrounds if b != scene.background])
     return Scene(scene.objects, background), ask("vary_background", background=background)
 
 

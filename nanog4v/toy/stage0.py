@@ -69,8 +69,18 @@ repeating their records; no better over three seeds (weights/nano/README.md, "Wh
 one per object, each the sum of its words' embeddings, through every epoch too. `OBJECTS` is that
 recipe; it binds in the text but not through stage 1 (stage0_objects.py says by how much).
 
+**Edit dialogues** (`Stage0Settings.llama_edits`, on in `EDITING`, the nano preset's). The world's train
+split changes a shown video ("Now make the circle blue.") in three phrasings per kind of change, over its
+few pairs, and a LLaMA that read only those copied the shown video unchanged, or showed nothing, when a
+held-out dialogue asked: edits of the video just shown came out right 32 % of the time. Each epoch
+therefore also reads `llama_edits` × (train clips) text dialogues that show a wider-world scene and then
+change one thing of it, or ask about it (`stage0_reading.edit_documents`), in the world's phrasings and
+a dozen more per kind of change (`EDIT_PARAPHRASES`, never a held-out one); the reading practice's show
+requests are followed by the same, or ask for two videos at once. Measured: weights/nano/README.md
+("Edit dialogues").
+
 **A pretrained abstractor** (`Stage0Settings.abstractor_steps`, stage0_abstractor.py; on in `VIDEO_VIT`,
-the nano preset's, and in `BINDING`).
+`EDITING` and `BINDING`).
 The official code starts from mPLUG-Owl's pretrained abstractor; this step stands in for it: after the
 LLaMA, the ViT's features of the world's stage-1 clips are cached (out_dir/features) and an abstractor
 of `abstractor_queries` queries learns to write each clip's caption as the LLaMA's own embeddings
@@ -79,9 +89,9 @@ from those clips and `abstractor_fresh` newly rendered ones (the world's alone i
 
 Only the train split is learned from (held-out colour–shape pairs and phrasings stay unseen); the
 val split measures. Schedules are `Stage0Settings`; its defaults are the plain recipe (`QUICK`, what
-`--quick` runs), and `PRESET_SETTINGS` names each preset's: the nano preset's is `VIDEO_VIT` (the shipped
-checkpoint, 29 minutes of stage 0 on 2 CPU cores), the plain recipe with a video ViT (`vit_temporal`,
-`vit_dense_motion`) and the pretrained abstractor.
+`--quick` runs), and `PRESET_SETTINGS` names each preset's: the nano preset's is `EDITING` (the shipped
+checkpoint), the plain recipe with a video ViT (`vit_temporal`, `vit_dense_motion`), the pretrained
+abstractor (together `VIDEO_VIT`), edit dialogues and `MORE_PARAPHRASES`.
 """
 from __future__ import annotations
 
@@ -108,8 +118,8 @@ from .stage0_abstractor import make_abstractor
 from .stage0_objects import bag_batch, bag_embeddings, object_slot, raw_drill, world_scene
 from .stage0_rows import by_length, encode_document, lm_batch, lm_forward, pack
 from .stage0_tokenizer import TEMPLATE_SYMBOLS, tokenizer_symbols, train_tokenizer   # noqa: F401 (re-exported)
-from .stage0_reading import (WIDER, WIDEST, asked_in_wider_words, drill_documents, reading_caption, reading_documents,
-                             with_caption)
+from .stage0_reading import (WIDER, WIDEST, asked_in_wider_words, drill_documents, edit_documents, reading_caption,
+                             reading_documents, with_caption)
 from .world import Scene, caption
 from .stage0_vision import pretrain_vision
 
@@ -148,6 +158,8 @@ class Stage0Settings:
     llama_drill_slots: tuple = ()      # the plain drills' slots in turn (SLOTS, "bare-objects"; (): llama_slot)
     llama_drill_copy: bool = False     # a plain drill of a caption ends by writing it again (raw_drill's copy)
     llama_more_paraphrases: bool = False   # the reading practice also asks in stage0_reading.MORE_PARAPHRASES
+    llama_edits: float = 0.0           # edit dialogues per epoch, per train clip (stage0_reading.edit_documents);
+                                       # > 0: the reading practice also changes a shown video, asks about it, shows two
     abstractor_steps: int = 0          # steps writing captions as the LLaMA's embeddings (stage0_abstractor; 0: none)
     abstractor_queries: int = 30       # its N: a caption of three objects is 30 pieces with the bare-object tokenizer
     abstractor_motion_weight: float = 10.0   # motion pieces weigh this much more in its cross-entropy
@@ -170,17 +182,20 @@ OBJECTS = Stage0Settings(llama_slot="objects", llama_rows="documents", llama_dri
 # turns (weights/nano/README.md, "What limits it"), so not the nano preset
 BINDING = Stage0Settings(llama_plain_epochs=4, llama_drill_steps=800, llama_drill_slots=("bare-objects", "caption"),
                          llama_more_paraphrases=True, abstractor_steps=3000)
-# the nano preset's (the shipped checkpoint): the plain recipe's LLaMA seeing through a video ViT (temporal
-# modules, motion named per patch) and an abstractor pretrained on 16,000 fresh clips besides the world's
-# (34 queries hold the plain tokenizer's longest train caption): by `train.py --stage all` in 37.8 min,
-# held-out QA 72.0 % against QUICK's 67.5 %, motion 62.2 against 38.7 % (weights/nano/README.md)
+# the plain recipe's LLaMA seeing through a video ViT (temporal modules, motion named per patch) and an
+# abstractor pretrained on 16,000 fresh clips besides the world's (34 queries hold the plain tokenizer's
+# longest train caption): by `train.py --stage all` in 37.8 min, held-out QA 72.0 % against QUICK's 67.5 %,
+# motion 62.2 against 38.7 % (weights/nano/README.md); the checkpoint shipped before EDITING
 VIDEO_VIT = Stage0Settings(vit_temporal=True, vit_dense_motion=True, abstractor_steps=3000, abstractor_queries=34,
                            abstractor_fresh=16000, abstractor_motion_weight=2.0)
+# the nano preset's (the shipped checkpoint): VIDEO_VIT whose LLaMA also reads edit dialogues — a shown video
+# changed or asked about, two at once (stage0_reading.edit_documents) — and asks in MORE_PARAPHRASES
+EDITING = replace(VIDEO_VIT, llama_edits=1.0, llama_more_paraphrases=True)
 # the quick variant (`train.py --stage 0|all --quick`, notebook 05): the plain recipe, a per-frame ViT and no
 # pretrained abstractor — minutes on a small world, and a clearly weaker model (held-out QA 67.5 % on the
 # 2,000-clip world against VIDEO_VIT's 72.0 %)
 QUICK = Stage0Settings()
-PRESET_SETTINGS = {"nano": VIDEO_VIT,           # the shipped checkpoint's stage 0; the test preset: a smoke run
+PRESET_SETTINGS = {"nano": EDITING,             # the shipped checkpoint's stage 0; the test preset: a smoke run
                    "test": Stage0Settings(vit_epochs=2, vit_batch=4, vit_fresh=0.0, llama_epochs=1, llama_batch=4,
                                           llama_block=64, eval_n=4)}
 
@@ -270,7 +285,7 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
              } if rephrase else set()
     train_scenes = [Scene.from_dict(r["scene"]) for r in scenes if r["id"] in asked]     # the clips stage 1 asks about
     reading = round(settings.llama_reading * train_clips)                       # fresh scenes every epoch
-    drills = round(settings.llama_drills * train_clips)
+    drills, edits = round(settings.llama_drills * train_clips), round(settings.llama_edits * train_clips)
     if settings.llama_rows not in ("packed", "documents"):
         raise Stage0Error(f"llama_rows must be packed or documents, not {settings.llama_rows!r}")
     b, batches = settings.llama_batch, []
@@ -285,8 +300,9 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
         batches = batches[:steps]
     for e in range(settings.llama_epochs):
         binding = e < settings.llama_binding_epochs       # no one-object clip: no copy-any-colour shortcut
-        text = (reading_documents(reading, held, rng, slot, lists, one_object=not binding, phrasings=phrasings)
-                + drill_documents(drills, held, rng, slot, lists, phrasings))
+        text = (reading_documents(reading, held, rng, slot, lists, one_object=not binding, phrasings=phrasings,
+                                  edits=settings.llama_edits > 0)
+                + drill_documents(drills, held, rng, slot, lists, phrasings) + edit_documents(edits, held, rng, phrasings))
         if rephrase:
             text += [d for k, scene in enumerate(train_scenes) if len(scene.objects) > 1 or not binding
                      for d in asked_in_wider_words(scene, f"world{k}", rng, slot, phrasings)]
@@ -298,7 +314,7 @@ def pretrain_llama(cfg, tokenizer: Tokenizer, world_dir, settings: Stage0Setting
             batches += by_length(epoch, length, b * (length - 1), rng)
     total, tokens = len(batches), sum(len(ids) for ids, _ in docs["train"])
     log(f"stage 0 LLaMA: {len(docs['train'])} documents, {tokens:,} tokens (tokenised in {time.time() - started:.1f}s) "
-        f"+ {reading} reading-practice scenes and {drills} drills an epoch; "
+        f"+ {reading} reading-practice scenes and {drills} drills{f' and {edits} edits' if edits else ''} an epoch; "
         f"{settings.llama_epochs} epochs, rows ≤ {length} tokens ({settings.llama_rows}) = {total} steps")
     plain = {}
     if settings.llama_plain_epochs:           # the plain recipe first (its phrasings too): copying forms there

@@ -22,6 +22,11 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
   questions about the clip, as chat.py's users ask (a model that never saw that order answered "Show
   me a red circle moving left." about a clip with "red").
 
+With `edits` (`Stage0Settings.llama_edits`), a shown video is then changed or asked about (`shown_then`), or
+two are asked for at once, and `edit_documents` are such dialogues alone, without a clip: show a scene,
+then change its colour, motion or background (`EDIT_PARAPHRASES`: a dozen more ways to ask for each
+change) or ask about one of its objects.
+
 `drill_documents` are drills alone (every object's colour, shape, motion and place, of two- or
 three-object scenes only), for `Stage0Settings.llama_drills`.
 
@@ -35,8 +40,8 @@ import re
 
 from ..data import Part, layout
 from ..readers import videochat_turns
-from .datasets import leave_unsaid, refer, request_phrase, stage1_records, tag
-from .phrases import NUMBERS, PHRASINGS, SHOW
+from .datasets import leave_unsaid, refer, request_phrase, stage1_records, tag, vary
+from .phrases import NUMBERS, PHRASINGS, SHOW, SHOW_MORE, SHOW_TWO
 from .stage0_objects import ObjectsPart, list_turns
 from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
 
@@ -117,6 +122,29 @@ MORE_PARAPHRASES = {
     "shape": ["Identify what shape the {ref} is.", "Which shape does the {ref} have?"],
 }
 WIDEST = {intent: (train + MORE_PARAPHRASES.get(intent, []), held) for intent, (train, held) in WIDER.items()}
+
+# Ways to change the video just shown and to ask for two at once (`Stage0Settings.llama_edits`), beside
+# the world's three train phrasings of each; same {slots} as phrases.PHRASINGS, the same `frame` rule.
+EDIT_PARAPHRASES = {
+    "vary_colour": ["Make the {ref} {colour} now.", "Paint the {ref} {colour}.", "Change the colour of the {ref} to {colour}.",
+                    "Could the {ref} be {colour} instead?", "Turn the {ref} {colour}, please.",
+                    "I'd like the {ref} in {colour}.", "Let's have the {ref} {colour} this time.",
+                    "Redo it with the {ref} in {colour}.", "This time the {ref} should be {colour}."],
+    "vary_motion": ["Make the {ref} {verb} now.", "Have the {ref} {verb} instead.", "Could the {ref} {verb} this time?",
+                    "Let the {ref} {verb}, please.", "Change it so that the {ref} will {verb}.",
+                    "Redo it with the {ref} {gerund}.", "I'd like the {ref} {gerund} instead.",
+                    "Again, but with the {ref} {gerund}.", "This time the {ref} should {verb}."],
+    "vary_background": ["Make the background {background}.", "Change the background to {background}, please.",
+                        "Use a {background} background now.", "Could the background be {background}?",
+                        "Switch to a {background} background.", "Redo it on a {background} background.",
+                        "Again, but with a {background} background.", "This time the background should be {background}.",
+                        "Put the same thing on a {background} background."],
+    "show_two": ["Make two clips: {d1}, and {d2}.", "I want two videos: {d1}, and {d2}.",
+                 "Two videos, please: one of {d1}, one of {d2}.", "First show me {d1}, then show me {d2}.",
+                 "Can I see two clips? One of {d1}, the other of {d2}.", "Show two videos, {d1} and then {d2}.",
+                 "Could you make a clip of {d1} and a second one of {d2}?"],
+}
+EDITS = {intent: (PHRASINGS[intent][0] + ps, PHRASINGS[intent][1]) for intent, ps in EDIT_PARAPHRASES.items()}
 
 NOUNS = {"colour": "N", "color": "N", "hue": "N", "shape": "N", "form": "N", "number": "N", "count": "N",
          "total": "N", "motion": "N", "movement": "N", "position": "N", "location": "N", "place": "N",
@@ -236,13 +264,54 @@ def asked_in_wider_words(scene: Scene, name: str, rng: random.Random, slot=capti
     return docs
 
 
+def shown_then(request: Scene, rng: random.Random, held: set, phrasings: dict, change: float = 0.5) -> list[dict]:
+    """What a user says after seeing `request` as `<video1>` (`Stage0Settings.llama_edits`): with probability
+    `change` a change of it, answered with the changed scene as `<video2>` (`datasets.vary`, in the wider
+    colours and `EDITS`' phrasings); otherwise, a question about one of its objects answered in words, after
+    which a change comes half the time. The world's dialogues ask both after a shown video; a LLaMA that
+    had read neither in wider words answered "What happens to the circle?" (a held-out phrasing) by
+    showing the video again, and "Try a grey background instead." with no video."""
+    turns = []
+    if rng.random() >= change:
+        i = rng.randrange(len(request.objects))
+        thing = request.objects[i]
+        asks = [(intent, ref, answer) for intent, ref, answer in (
+            ("colour", refer(request, i, "colour"), thing.colour), ("motion", refer(request, i), thing.motion),
+            ("position", refer(request, i, "position"), POSITION_PHRASES.get(thing.position))) if ref and answer]
+        if asks:                                             # (an object the user's words cannot single out: none)
+            intent, ref, answer = rng.choice(asks)
+            question = rng.choice(phrasings[intent][0]).format(ref=ref)
+            turns += [{"from": "human", "value": loosen(question, rng)}, {"from": "ai", "value": answer}]
+            if rng.random() < 0.5:
+                return turns
+
+    def ask(intent, **slots) -> str:
+        return loosen(rng.choice(EDITS[intent][0]).format(**slots), rng)
+    new, question = vary(request, rng, held, ask, colours=(*COLOURS, *EXTRA_COLOURS), backgrounds=(*BACKGROUNDS, *EXTRA_COLOURS))
+    return turns + [{"from": "human", "value": question}, {"from": "ai", "value": rng.choice(SHOW_MORE).format(v=tag(new, 2))}]
+
+
+def edit_documents(n: int, held: set, rng: random.Random, phrasings: dict = WIDER) -> list[list[Part]]:
+    """n text dialogues that show a wider-world scene as `<video1>` and then change it or ask about it
+    (`shown_then`; `Stage0Settings.llama_edits`)."""
+    docs = []
+    for _ in range(n):
+        request = leave_unsaid(reading_scene(rng, held), rng)
+        ask = rng.choice(phrasings["show"][0]).format(d=request_phrase(request, rng))
+        turns = [{"from": "human", "value": ask}, {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request, 1))},
+                 *shown_then(request, rng, held, phrasings)]
+        docs.append(layout({"videos": [], "turns": turns}))
+    return docs
+
+
 def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists: bool = False,
-                      one_object: bool = True, phrasings: dict = WIDER) -> list[list[Part]]:
+                      one_object: bool = True, phrasings: dict = WIDER, edits: bool = False) -> list[list[Part]]:
     """n wider-world scenes (module docstring), each as a description and a QA record with the clip
     written in the video slot as `slot(scene)`, a drill asking every object's colour, motion and place,
     and a request to show a scene answered with its `<video>` caption (alone, or after the drill).
     Phrasings: `phrasings`, by default the world's train ones and `PARAPHRASES`. Without `one_object`,
-    every scene asked about has two or three objects."""
+    every scene asked about has two or three objects. With `edits`, a fifth of the requests ask for two
+    videos at once and the rest are followed by `shown_then` (a change of the video, or a question about it)."""
     docs = []
     for k in range(n):
         scene = reading_scene(rng, held, one_object)
@@ -254,8 +323,16 @@ def reading_documents(n: int, held: set, rng: random.Random, slot=caption, lists
             turns, request = [], leave_unsaid(scene, rng)
         else:                                   # or, after the questions about the clip, one of another
             request = leave_unsaid(reading_scene(rng, held), rng)
-        turns += [{"from": "human", "value": rng.choice(phrasings["show"][0]).format(d=request_phrase(request, rng))},
-                  {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request))}]
+        if edits and rng.random() < 0.2:                                # two at once, the first this request
+            other = leave_unsaid(reading_scene(rng, held), rng)
+            ask = rng.choice(EDITS["show_two"][0]).format(d1=request_phrase(request, rng), d2=request_phrase(other, rng))
+            turns += [{"from": "human", "value": ask},
+                      {"from": "ai", "value": rng.choice(SHOW_TWO).format(v1=tag(request, 1), v2=tag(other, 2))}]
+        else:                                        # the shown video is <video1> when a changed one follows
+            then = shown_then(request, rng, held, phrasings) if edits else []
+            number = 1 if any("<video2>" in t["value"] for t in then) else None
+            turns += [{"from": "human", "value": rng.choice(phrasings["show"][0]).format(d=request_phrase(request, rng))},
+                      {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request, number))}, *then]
         docs.append(with_caption({"videos": ["reading"] if turns[0].get("video") == 0 else [], "turns": turns},
                                  slot(scene)))
     return docs
