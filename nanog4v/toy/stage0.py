@@ -75,7 +75,7 @@ few pairs, and a LLaMA that read only those copied the shown video unchanged, or
 held-out dialogue asked: edits of the video just shown came out right 32 % of the time. Each epoch
 therefore also reads `llama_edits` × (train clips) text dialogues that show a wider-world scene and then
 change one thing of it, or ask about it (`stage0_reading.edit_documents`), in the world's phrasings and
-a dozen more per kind of change (`EDIT_PARAPHRASES`, never a held-out one); the reading practice's show
+nine more per kind of change (`EDIT_PARAPHRASES`, never a held-out one); the reading practice's show
 requests are followed by the same, or ask for two videos at once. Measured: weights/nano/README.md
 ("Edit dialogues").
 

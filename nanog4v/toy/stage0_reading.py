@@ -24,7 +24,7 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
 
 With `edits` (`Stage0Settings.llama_edits`), a shown video is then changed or asked about (`shown_then`), or
 two are asked for at once, and `edit_documents` are such dialogues alone, without a clip: show a scene,
-then change its colour, motion or background (`EDIT_PARAPHRASES`: a dozen more ways to ask for each
+then change its colour, motion or background (`EDIT_PARAPHRASES`: nine more ways to ask for each
 change) or ask about one of its objects.
 
 `drill_documents` are drills alone (every object's colour, shape, motion and place, of two- or
@@ -214,6 +214,14 @@ def reading_scene(rng: random.Random, held: set, one_object: bool = True) -> Sce
     return Scene(things, rng.choice((*BACKGROUNDS, *EXTRA_COLOURS)))
 
 
+def object_questions(scene: Scene, i: int) -> list[tuple[str, str, str | None]]:
+    """(intent, the words that single out object i, its answer) for its colour, motion and place; a ref of
+    "" (the words cannot single it out) or an answer of None (a field the scene leaves unsaid) is unaskable."""
+    thing = scene.objects[i]
+    return [("colour", refer(scene, i, "colour"), thing.colour), ("motion", refer(scene, i), thing.motion),
+            ("position", refer(scene, i, "position"), POSITION_PHRASES.get(thing.position))]
+
+
 def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: bool = False,
                 phrasings: dict = WIDER) -> list[dict]:
     """A video turn, then every object's colour, motion and place asked (objects in random order); with
@@ -224,8 +232,7 @@ def drill_turns(scene: Scene, rng: random.Random, shapes: bool = False, lists: b
     turns = [{"from": "human", "video": 0}]
     for i in rng.sample(range(len(scene.objects)), len(scene.objects)):
         thing = scene.objects[i]
-        asks = [("colour", refer(scene, i, "colour"), thing.colour), ("motion", refer(scene, i), thing.motion),
-                ("position", refer(scene, i, "position"), POSITION_PHRASES[thing.position])]
+        asks = object_questions(scene, i)
         if shapes:
             asks = rng.sample(asks + [("shape", refer(scene, i, "shape"), thing.shape)], len(asks) + 1)
         for intent, ref, answer in asks:
@@ -273,11 +280,7 @@ def shown_then(request: Scene, rng: random.Random, held: set, phrasings: dict, c
     showing the video again, and "Try a grey background instead." with no video."""
     turns = []
     if rng.random() >= change:
-        i = rng.randrange(len(request.objects))
-        thing = request.objects[i]
-        asks = [(intent, ref, answer) for intent, ref, answer in (
-            ("colour", refer(request, i, "colour"), thing.colour), ("motion", refer(request, i), thing.motion),
-            ("position", refer(request, i, "position"), POSITION_PHRASES.get(thing.position))) if ref and answer]
+        asks = [a for a in object_questions(request, rng.randrange(len(request.objects))) if a[1] and a[2]]
         if asks:                                             # (an object the user's words cannot single out: none)
             intent, ref, answer = rng.choice(asks)
             question = rng.choice(phrasings[intent][0]).format(ref=ref)
