@@ -304,13 +304,19 @@ def test_temp_files_of_dead_saves_go_and_those_of_live_ones_stay(tmp_path):
     path = tmp_path / "last.pt"
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()                                                      # a pid that just died
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])    # one that lives
     names = {"dead (exited)": f".last.pt.{child.pid}.tmp", "dead (no such pid)": ".last.pt.99999999.tmp",
-             "live (parent)": f".last.pt.{os.getppid()}.tmp", "live (init, maybe another user's)": ".last.pt.1.tmp",
+             "live (a running process)": f".last.pt.{alive.pid}.tmp", "live (init, maybe another user's)": ".last.pt.1.tmp",
              "not a pid": ".last.pt.abc.tmp", "a pid too big for os.kill": f".last.pt.{10**30}.tmp",
              "another file's": ".other.pt.99999999.tmp", "a user's": "notes.txt"}
+    assert len(set(names.values())) == len(names)     # (the parent's pid was 1 when pytest ran under nohup)
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
-    save_checkpoint(path, {"version": 1, "step": 1})
+    try:
+        save_checkpoint(path, {"version": 1, "step": 1})
+    finally:
+        alive.kill()
+        alive.wait()
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([n for k, n in names.items() if not k.startswith("dead")] + ["last.pt"])
 

@@ -15,13 +15,13 @@ from nanog4v.readers import read_dialogues, read_safety, read_videochat
 from nanog4v.toy.stage0 import (Stage0Error, Stage0Settings, by_length, encode_document, pretrain_llama,
                                 pretraining_documents, run_stage0, train_tokenizer)
 from nanog4v.toy.stage0_objects import LIST_ASKS, ObjectsPart, object_slot
-from nanog4v.toy.stage0_reading import (EDIT_PARAPHRASES, EXTRA_COLOURS, EXTRA_SHAPES, MORE_PARAPHRASES, PARAPHRASES,
+from nanog4v.toy.stage0_reading import (CHAT_PARAPHRASES, EDIT_PARAPHRASES, EXTRA_COLOURS, EXTRA_SHAPES, MORE_PARAPHRASES, PARAPHRASES,
                                         WIDER, WIDEST, asked_in_wider_words, drill_documents, edit_documents, frame,
                                         loosen, reading_caption, reading_documents, shown_then)
 from nanog4v.tokenizer import Tokenizer
 from nanog4v.toy.worlddir import WorldError, read_world
 from nanog4v.toy.datasets import refer
-from nanog4v.toy.phrases import PHRASINGS
+from nanog4v.toy.phrases import CHAT, PHRASINGS
 from nanog4v.toy.world import BACKGROUNDS, COLOURS, GERUNDS, POSITION_PHRASES, Scene, Thing, caption, parse_caption, sample_scene
 from nanog4v.weights import load_llama, load_vision
 
@@ -257,6 +257,34 @@ def test_edits_change_one_field_of_the_shown_video_and_questions_about_it_get_it
     dialogues = edit_documents(200, {("pink", "star")}, random.Random(1))     # text only: no video slot
     assert len(dialogues) == 200 and not [p for d in dialogues for p in d if p.kind == "slot"]
     assert 120 < sum("<video2>" in text([d]) for d in dialogues) < 180 and "pink star" not in text(dialogues)
+
+
+def test_chit_chat_in_edit_dialogues_is_answered_in_words_and_never_in_a_held_out_phrasing():
+    """llama_chat: a share of the edit dialogues also hold one or two chit-chat exchanges (phrases.CHAT's
+    train phrasings and CHAT_PARAPHRASES, never a held-out one nor its frame), each answered with one of
+    CHAT's answers and no video; the dialogue's videos stay; chat=0 draws exactly the dialogues as before."""
+    held = [h for _, hs, _ in CHAT for h in hs]
+    assert len(CHAT_PARAPHRASES) == len(CHAT)
+    assert not [(p, h) for ps in CHAT_PARAPHRASES for p in ps for h in held if frame(p) == frame(h)]
+    asks = [(as_pattern(a), [as_pattern(r) for r in answers])
+            for k, (train, _, answers) in enumerate(CHAT) for a in train + CHAT_PARAPHRASES[k]]
+    pairs = lambda d: list(zip([p.text[len(HUMAN):].strip() for p in d if p.kind == "text" and p.text.startswith(HUMAN)],
+                               [p.text.strip() for p in d if p.kind == "answer"]))
+    chatted, counts = edit_documents(400, set(), random.Random(0), chat=0.5), []
+    for d in chatted:
+        turns = pairs(d)
+        chats = [(q, r, answers) for q, r in turns for ask, answers in asks if ask.fullmatch(q)]
+        counts.append(len(chats))
+        assert "<video1>" in "".join(r for _, r in turns)                       # the shown video stays
+        for q, r, answers in chats:
+            assert any(a.fullmatch(r) for a in answers) and "<video" not in r
+            assert not [h for h in held if as_pattern(h).fullmatch(q)]
+    assert max(counts) == 2 and 150 < sum(c > 0 for c in counts) < 250          # one or two, in about half
+    assert 30 < sum(c == 2 for c in counts) < 130
+    plain = edit_documents(400, set(), random.Random(0))
+    text = lambda docs: "\n".join("".join(p.text for p in d) for d in docs)
+    assert text(plain) == text(edit_documents(400, set(), random.Random(0), chat=0.0))
+    assert not [q for d in plain for q, _ in pairs(d) for ask, _ in asks if ask.fullmatch(q)]
 
 
 def as_pattern(template: str) -> re.Pattern:

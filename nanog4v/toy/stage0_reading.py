@@ -25,7 +25,9 @@ of `stage0.pretrain_llama` also reads `reading_documents`: fresh scenes that exi
 With `edits` (`Stage0Settings.llama_edits`), a shown video is then changed or asked about (`shown_then`), or
 two are asked for at once, and `edit_documents` are such dialogues alone, without a clip: show a scene,
 then change its colour, motion or background (`EDIT_PARAPHRASES`: nine more ways to ask for each
-change) or ask about one of its objects.
+change) or ask about one of its objects; with `chat`, some of them also hold chit-chat (`chit_chat`,
+phrases.CHAT in its train phrasings and `CHAT_PARAPHRASES`), so that a second human turn is not always a
+change.
 
 `drill_documents` are drills alone (every object's colour, shape, motion and place, of two- or
 three-object scenes only), for `Stage0Settings.llama_drills`.
@@ -40,8 +42,8 @@ import re
 
 from ..data import Part, layout
 from ..readers import videochat_turns
-from .datasets import leave_unsaid, refer, request_phrase, stage1_records, tag, vary
-from .phrases import NUMBERS, PHRASINGS, SHOW, SHOW_MORE, SHOW_TWO
+from .datasets import chat_slots, leave_unsaid, refer, request_phrase, stage1_records, tag, vary
+from .phrases import CHAT, NUMBERS, PHRASINGS, SHOW, SHOW_MORE, SHOW_TWO
 from .stage0_objects import ObjectsPart, list_turns
 from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing, caption
 
@@ -145,6 +147,21 @@ EDIT_PARAPHRASES = {
                  "Could you make a clip of {d1} and a second one of {d2}?"],
 }
 EDITS = {intent: (PHRASINGS[intent][0] + ps, PHRASINGS[intent][1]) for intent, ps in EDIT_PARAPHRASES.items()}
+
+# More ways to say each chit-chat line of phrases.CHAT (same order, same {slots}), for the chit-chat that
+# `Stage0Settings.llama_chat` mixes into the edit dialogues; the same `frame` rule.
+CHAT_PARAPHRASES = [
+    ["Good evening!", "Hi, assistant.", "Hello, nice to meet you.", "Hey there!", "Good afternoon."],
+    ["What are your skills?", "Tell me what you can do.", "What kind of help can you give?", "What are you good at?"],
+    ["Thanks a lot.", "Thank you, that helps.", "Cheers!", "That was helpful, thanks.", "Nice, thank you."],
+    ["Name the shapes you can draw.", "What shapes can you make?", "Which shapes are you able to draw?"],
+    ["Name your colours.", "Which colours do you have?", "What colours can you paint with?"],
+    ["How many sides are on a {polygon}?", "Tell me how many sides a {polygon} has."],
+    ["If I mix {c1} and {c2}, what do I get?", "Which colour do {c1} and {c2} make?"],
+    ["Give me the opposite of {w1}.", "What word is the opposite of {w1}?"],
+    ["Describe what a shape does when it {motion}.", "Explain the phrase: a shape {motion}."],
+    ["Do you enjoy {plural}?", "What do you think of {plural}?"],
+]
 
 NOUNS = {"colour": "N", "color": "N", "hue": "N", "shape": "N", "form": "N", "number": "N", "count": "N",
          "total": "N", "motion": "N", "movement": "N", "position": "N", "location": "N", "place": "N",
@@ -294,16 +311,30 @@ def shown_then(request: Scene, rng: random.Random, held: set, phrasings: dict, c
     return turns + [{"from": "human", "value": question}, {"from": "ai", "value": rng.choice(SHOW_MORE).format(v=tag(new, 2))}]
 
 
-def edit_documents(n: int, held: set, rng: random.Random, phrasings: dict = WIDER) -> list[list[Part]]:
+def chit_chat(rng: random.Random) -> list[dict]:
+    """One chit-chat exchange (a greeting, thanks, what the assistant can do, …) in a train phrasing of
+    phrases.CHAT or one of `CHAT_PARAPHRASES`, answered in words: no video."""
+    k = rng.randrange(len(CHAT))
+    slots = chat_slots(rng)
+    return [{"from": "human", "value": rng.choice(CHAT[k][0] + CHAT_PARAPHRASES[k]).format(**slots)},
+            {"from": "ai", "value": rng.choice(CHAT[k][2]).format(**slots)}]
+
+
+def edit_documents(n: int, held: set, rng: random.Random, phrasings: dict = WIDER, chat: float = 0.0) -> list[list[Part]]:
     """n text dialogues that show a wider-world scene as `<video1>` and then change it or ask about it
-    (`shown_then`; `Stage0Settings.llama_edits`)."""
+    (`shown_then`; `Stage0Settings.llama_edits`). A share `chat` of them (`Stage0Settings.llama_chat`) also
+    hold one or two chit-chat exchanges (`chit_chat`) before the request, after the shown video or at the
+    end: without them, every second human turn these dialogues hold asks for a change, and a LLaMA that
+    read them answered an unseen "Cheers, that helps." after another chit-chat turn with a `<video2>`."""
     docs = []
     for _ in range(n):
         request = leave_unsaid(reading_scene(rng, held), rng)
         ask = rng.choice(phrasings["show"][0]).format(d=request_phrase(request, rng))
-        turns = [{"from": "human", "value": ask}, {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request, 1))},
-                 *shown_then(request, rng, held, phrasings)]
-        docs.append(layout({"videos": [], "turns": turns}))
+        shown = [{"from": "human", "value": ask}, {"from": "ai", "value": rng.choice(SHOW).format(v=tag(request, 1))}]
+        turns = [shown, shown_then(request, rng, held, phrasings)]
+        if chat and rng.random() < chat:                  # before the request, after the video, or at the end
+            turns.insert(rng.randrange(3), [t for _ in range(rng.randint(1, 2)) for t in chit_chat(rng)])
+        docs.append(layout({"videos": [], "turns": [t for part in turns for t in part]}))
     return docs
 
 
