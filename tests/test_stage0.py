@@ -1,5 +1,6 @@
 """Stage 0 (nanog4v/toy/stage0.py): tokenizer, ViT and LLaMA pretrained on a tiny toy world, written in the
 official layouts. The ViT's own tests are in test_stage0_vision.py."""
+import hashlib
 import json
 import random
 import re
@@ -283,7 +284,9 @@ def test_chit_chat_in_edit_dialogues_is_answered_in_words_and_never_in_a_held_ou
     assert 30 < sum(c == 2 for c in counts) < 130
     plain = edit_documents(400, set(), random.Random(0))
     text = lambda docs: "\n".join("".join(p.text for p in d) for d in docs)
-    assert text(plain) == text(edit_documents(400, set(), random.Random(0), chat=0.0))
+    # the very dialogues edit_documents drew before it had `chat` (the EDITING checkpoint read them)
+    assert hashlib.sha256(text(plain).encode()).hexdigest() == \
+        "c6e9b967d93eb7ee73883dd246855786800c5e33ff04015995ea1451942d81d7"
     assert not [q for d in plain for q, _ in pairs(d) for ask, _ in asks if ask.fullmatch(q)]
 
 
