@@ -14,7 +14,8 @@ from nanog4v.llama import LLaMA
 from nanog4v.toy.stage0 import (TEMPLATE_SYMBOLS, Stage0Error, Stage0Settings, encode_document, lm_batch, lm_forward,
                                 pretrain_llama, pretraining_documents, tokenizer_symbols, train_tokenizer)
 from nanog4v.toy.stage0_objects import (LIST_ASKS, MOTION_SYMBOLS, ObjectsPart, bag_embeddings, list_turns,
-                                        object_slot, raw_drill, thing_pieces, world_scene)
+                                        drill_request, object_slot, raw_drill, thing_pieces,
+                                        world_scene)
 from nanog4v.toy.stage0_reading import frame, reading_caption, with_caption
 from nanog4v.toy.phrases import PHRASINGS
 from nanog4v.toy.world import Scene, Thing, caption
@@ -132,6 +133,61 @@ def test_a_raw_drill_can_hold_the_clip_as_words_and_phrases_can_be_one_piece(wor
     assert raw_drill(tok, scene, 16, random.Random(0), copy=True) == raw_drill(tok, scene, 16, random.Random(0))
 
 
+def test_a_raw_drill_can_name_shapes_by_place_and_hold_a_request_copied_from_its_words(world, tmp_path):
+    """llama_drill_shapes: a "shape" line keyed by the place (the backward look-up); llama_drill_requests:
+    a line among the fields asks for a scene in a user's words and its <video> prompt follows, the loss on
+    the prompt only; drill_request draws half of those scenes from the slot's own objects, one changed.
+    Both off: the drill is the one drawn before they existed (same rng draws)."""
+    tok = train_tokenizer(world / "corpus.txt", tmp_path / "t.model", CFG.llama.vocab_size,
+                          tokenizer_symbols(Stage0Settings()))
+    scene = Scene((Thing("circle", "red", "large", "left", "moves right"), Thing("heart", "blue", "small", "top", "grows"),
+                   Thing("star", "green", "small", "bottom", "spins")), "navy")
+    ids, labels = raw_drill(tok, scene, 16, random.Random(3), caption, copy=True, shapes=True)
+    end = ids.index(tok.encode("</video>")[0]) + 1
+    lines = dict(line.strip().split(": ", 1) for line in tok.decode(ids[end:-1]).split("\n") if line.strip())
+    assert sorted(lines) == ["again", "colour", "motion", "position", "shape"]
+    assert sorted(lines["shape"].split(", ")) == ["at the bottom star", "at the top heart", "on the left circle"]
+    assert sorted(lines["colour"].split(", ")) == ["circle red", "heart blue", "star green"]
+    assert labels[end:] == ids[end:]
+    bare, _ = raw_drill(tok, scene, 16, random.Random(3), bare=True, shapes=True)    # slot tokens: places as words
+    assert "shape: " in tok.decode([t for t in bare if not isinstance(t, tuple)])
+    assert sorted(tok.decode([t for t in bare if not isinstance(t, tuple)]).split("shape: ")[1].split("\n")[0]
+                  .strip().split(", ")) == ["bottom star", "left circle", "top heart"]
+
+    request = Scene((Thing("square", "red", None, None, "moves up"),), None)
+    asked, asked_labels = raw_drill(tok, scene, 16, random.Random(3), caption, copy=True, shapes=True, request=request)
+    text = tok.decode(asked[:-1])
+    lines = [line.strip() for line in text.split("</video>", 1)[1].split("\n") if line.strip()]
+    k = next(i for i, line in enumerate(lines) if line.startswith("show:"))
+    assert lines[k] == "show: a red square moving up" or lines[k] == "show: a red square that moves up"
+    assert lines[k + 1] == "<video> a red square moves up </video>" and lines[-1].startswith("again: ")
+    assert sorted(line.split(":")[0] for line in lines[:k] + lines[k + 2:-1]) == ["colour", "motion", "position", "shape"]
+    targets = tok.decode([i for i, l in zip(asked, asked_labels) if l != IGNORE][:-1])
+    assert "show:" not in targets and "<video> a red square moves up </video>" in targets
+    at = set()                                     # the request's line goes anywhere among the field lines
+    for seed in range(40):
+        ids_ = raw_drill(tok, scene, 16, random.Random(seed), caption, copy=True, shapes=True, request=request)[0]
+        lines_ = [line.strip() for line in tok.decode(ids_[:-1]).split("</video>", 1)[1].split("\n") if line.strip()]
+        at.add(next(i for i, line in enumerate(lines_) if line.startswith("show:")))
+        assert lines_[-1].startswith("again: ")
+    assert at == {0, 1, 2, 3, 4}
+    plain = raw_drill(tok, scene, 16, random.Random(3), caption, copy=True)
+    assert raw_drill(tok, scene, 16, random.Random(3), caption, copy=True, shapes=False, request=None) == plain
+
+    held, rng, near = {("red", "circle")}, random.Random(0), 0
+    for _ in range(400):                       # drill_request: half the time the slot's objects, one changed
+        slot_scene = world_scene(rng, held)
+        r = drill_request(rng, held, slot_scene)
+        assert 1 <= len(r.objects) <= 3 and not {(t.colour, t.shape) for t in r.objects} & held
+        assert all(t.colour and t.shape for t in r.objects)
+        shapes = {t.shape: t for t in slot_scene.objects}
+        if len({t.shape for t in r.objects}) == len(r.objects) and all(t.shape in shapes for t in r.objects):
+            changed = [f for t in r.objects for f in ("colour", "motion", "position")
+                       if getattr(t, f) is not None and getattr(t, f) != getattr(shapes[t.shape], f)]
+            near += len(changed) <= 1
+    assert 160 <= near <= 260                  # half by construction (scenes of their own: 19 of 400 by chance)
+
+
 def test_stage0_reads_objects_slots_end_to_end(world, objects_tok):
     tok = objects_tok
     settings = Stage0Settings(llama_epochs=1, llama_reading=0.5, llama_drills=0.5, llama_batch=4, llama_block=96,
@@ -159,6 +215,9 @@ def test_the_drills_can_hold_objects_while_the_epochs_read_captions(world, objec
     assert both["losses"][:1] == objects["losses"][:1] and both["losses"][1:3] != objects["losses"][1:3]
     bare = replace(settings, llama_drill_slots=("bare-objects", "caption"))
     assert set(MOTION_SYMBOLS) <= set(tokenizer_symbols(bare)) and run(bare)["losses"][:1] != both["losses"][:1]
+    asks = run(replace(settings, llama_drill_slots=("objects", "caption"), llama_drill_shapes=True,
+                       llama_drill_requests=True))                             # longer drills, as many steps
+    assert asks["steps"] == both["steps"] and asks["losses"][:1] != both["losses"][:1]
     with pytest.raises(Stage0Error, match="llama_drill_slots must be some of"):
         run(replace(settings, llama_drill_slots=("objects", "pixels")))
 

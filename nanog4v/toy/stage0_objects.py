@@ -60,11 +60,12 @@ with it, are unchanged.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..data import Part
+from .datasets import leave_unsaid, request_phrase, tag
 from .world import BACKGROUNDS, COLOURS, MOTIONS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, Scene, Thing
 
 MOTION_SYMBOLS = tuple("\u2581" + m.replace(" ", "\u2581") for m in MOTIONS if " " in m)   # "▁moves▁left", …
@@ -143,13 +144,22 @@ def bare_slot_tokens(tokenizer, scene: Scene, rng: random.Random) -> list[tuple[
 
 
 def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random, slot=None,
-              bare: bool = False, copy: bool = False) -> tuple[list, list[int]]:
+              bare: bool = False, copy: bool = False, shapes: bool = False,
+              request: Scene | None = None) -> tuple[list, list[int]]:
     """A binding drill as plain text, without the chat template: the slot, then one line per field,
     "colour: circle red, square blue", every token after the slot a target. (ids, labels) as
     stage0_rows.encode_document makes them. The slot holds `n` slot tokens (`bare`: `bare_slot_tokens`),
     or, given a caption writer `slot` (stage0.SLOTS), the clip as words; then places are said as the
     captions say them ("circle on the left"), and with `copy` a last line writes the caption again
     ("again: a red circle …"), so that the drills also practise copying what the slot says.
+
+    With `shapes` a fourth line, in turn with the others, names each object by its *place* and gives its
+    shape ("shape: on the left circle, at the top heart"): the backward look-up of a question like "What
+    shape is the object on the left?", where the caption puts the place after the noun. With `request`
+    (a scene as a user asks for it, `drill_request`) one more line, in turn with the fields, asks for it
+    in the user's words and writes its `<video>` prompt ("show: a blue circle moving up" then "<video> a
+    blue circle moves up </video>"; the loss on the prompt only): the prompt is copied from the request,
+    not from the slot before it.
 
     Why without the template: in a probe (nano LLaMA, fresh 2–3 object scenes, batch 32, lr 3e-3) the
     answers' loss fell to 0.26 in 300 steps in such short rows but was still 0.68 after 500 with the
@@ -162,19 +172,50 @@ def raw_drill(tokenizer, scene: Scene, n: int, rng: random.Random, slot=None,
     else:
         ids = [tokenizer.bos_id, *tokenizer.encode(f"<video> {slot(scene)} </video>")]
 
-    def value(t: Thing, field: str) -> str:            # a place as the captions say it when the slot is words
-        return POSITION_PHRASES[t.position] if field == "position" and slot is not None else getattr(t, field)
+    def place(t: Thing) -> str:                         # as the captions say it when the slot is words
+        return POSITION_PHRASES[t.position] if slot is not None else t.position
+
+    def item(t: Thing, field: str) -> str:             # key, then value: "circle red", "on the left circle"
+        return f"{place(t)} {t.shape}" if field == "shape" else \
+            f"{t.shape} {place(t) if field == 'position' else getattr(t, field)}"
 
     labels = [-100] * len(ids)
-    for field in rng.sample(list(LIST_ASKS), len(LIST_ASKS)):
+    fields = [*LIST_ASKS, "shape"] if shapes else list(LIST_ASKS)
+    for field in rng.sample(fields + ["show"] * (request is not None), len(fields) + (request is not None)):
+        if field == "show":                                # the request: its words, then the prompt (targets)
+            asked, prompt = tokenizer.encode(f"show: {request_phrase(request, rng)}\n"), tokenizer.encode(f"{tag(request)}\n")
+            ids, labels = ids + asked + prompt, labels + [-100] * len(asked) + prompt
+            continue
         things = rng.sample(scene.objects, len(scene.objects))
-        line = tokenizer.encode(f"{field}: " + ", ".join(f"{t.shape} {value(t, field)}" for t in things) + "\n")
+        line = tokenizer.encode(f"{field}: " + ", ".join(item(t, field) for t in things) + "\n")
         ids += line
         labels += line
     if copy and slot is not None:
         line = tokenizer.encode(f"again: {slot(scene)}\n")
         ids, labels = ids + line, labels + line
     return ids + [tokenizer.eos_id], labels + [tokenizer.eos_id]
+
+
+def drill_request(rng: random.Random, held: set, scene: Scene) -> Scene:
+    """A scene as a user asks for it beside a drill of `scene` (`raw_drill`'s `request`), fields left
+    unsaid as users leave them. Half the time some of `scene`'s own objects, one of them with another
+    colour, motion or place: the prompt that copies the slot is then wrong in just that field, or in the
+    objects and fields the request leaves out ("Show me a red circle moving left." beside a clip of a red
+    circle on the left that moves right and a yellow square). Otherwise a scene of its own."""
+    if rng.random() < 0.5:
+        other = world_scene(rng, held)
+        return leave_unsaid(Scene(other.objects[:rng.randint(1, len(other.objects))], other.background), rng)
+    kept = sorted(rng.sample(range(len(scene.objects)), rng.randint(1, len(scene.objects))))
+    things, i = [scene.objects[k] for k in kept], rng.randrange(len(kept))
+    t, field = things[i], rng.choice(("colour", "motion", "position"))
+    if field == "colour":
+        new = rng.choice([c for c in COLOURS if c != t.colour and (c, t.shape) not in held])
+    elif field == "motion":
+        new = rng.choice([m for m in MOTIONS if m != t.motion])
+    else:
+        new = rng.choice([p for p in POSITIONS if p not in {o.position for o in scene.objects}] or [t.position])
+    things[i] = replace(t, **{field: new})
+    return leave_unsaid(Scene(tuple(things), rng.choice(list(BACKGROUNDS))), rng)
 
 
 def bag_batch(rows: list[list], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
